@@ -1,0 +1,58 @@
+"""Attention-based aggregation of the student's headers from N real labeled samples (spec 2.5).
+
+A shared Linear(C -> 1) scores each header's logits; softmax over headers gives per-sample weights and
+the output is the weighted sum of header logits. Only the aggregator is trained (the student is frozen);
+the epoch is selected on a validation split of the N samples, never on the test set.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from .supervised import predictions, subset
+
+
+class AttentionAggregator(nn.Module):
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.score = nn.Linear(num_classes, 1)
+
+    def forward(self, s: torch.Tensor) -> torch.Tensor:
+        alpha = F.softmax(self.score(s), dim=0)  # (K, B, 1): weights over headers, per sample
+        return (alpha * s).sum(0)                # (B, C)
+
+
+def fit_aggregator(student: nn.Module, train: Dataset, num_samples: int, num_classes: int, val_fraction: float = 0.2,
+                   epochs: int = 100, lr: float = 0.01, batch_size: int = 100, seed: int = 0,
+                   device: str | torch.device = "cpu") -> tuple[AttentionAggregator, dict[str, float]]:
+    """Train the aggregator on N real samples (a seeded subset of `train`), select the epoch on a held-out split."""
+    data = subset(train, num_samples, seed)
+    was_training = student.training
+    student.eval()
+    logits, y = predictions(student, data, device=device)  # (K, N, C): the student is frozen, run it once
+    student.train(was_training)
+    n_val = max(1, int(round(val_fraction * num_samples)))
+    s_tr, y_tr, s_val, y_val = logits[:, n_val:], y[n_val:], logits[:, :n_val], y[:n_val]
+    torch.manual_seed(seed)
+    agg = AttentionAggregator(num_classes)
+    opt = torch.optim.Adam(agg.parameters(), lr)
+    best, best_acc = copy.deepcopy(agg.state_dict()), -1.0
+    for _ in range(epochs):
+        perm = torch.randperm(s_tr.shape[1])
+        for i in range(0, len(perm), batch_size):
+            idx = perm[i:i + batch_size]
+            loss = F.cross_entropy(agg(s_tr[:, idx]), y_tr[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            acc = (agg(s_val).argmax(-1) == y_val).float().mean().item()
+        if acc > best_acc:
+            best_acc, best = acc, copy.deepcopy(agg.state_dict())
+    agg.load_state_dict(best)
+    mean_acc = (s_val.mean(0).argmax(-1) == y_val).float().mean().item()
+    return agg.to(device), {"agg_val_acc": best_acc, "mean_val_acc": mean_acc}

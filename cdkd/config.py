@@ -1,0 +1,275 @@
+"""One typed config for every method: dataclasses, YAML round-trip, dotted command-line overrides.
+
+A method (`cdfkd_mfs`, `ddad`, `mad`, `cgdd`) is a preset: it fills in loss weights, generator kind and
+EMA; the YAML file and then `--section.key=value` overrides are applied on top, type-checked per field.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+METHODS = ("cdfkd_mfs", "ddad", "mad", "cgdd")
+
+
+@dataclass
+class DataConfig:
+    name: str = "mnist"               # mnist | cifar10 | imagefolder: the real data used for evaluation only
+    root: str = ""                    # '' = $CDKD_DATA_DIR, else ./data, else ../shared/datasets
+    download: bool = True             # fetch MNIST/CIFAR-10 with torchvision when missing and online
+
+
+@dataclass
+class TeacherSpec:
+    path: str = ""
+    kind: str = "cdkd"                # cdkd | timm | torchscript
+    name: str = ""
+    arch: str = ""                    # timm model name (kind=timm)
+    kwargs: dict = field(default_factory=dict)
+    input_shape: list = field(default_factory=list)  # e.g. [3, 32, 32]; needed where the file does not say
+
+
+@dataclass
+class ModelConfig:
+    student: str = "mfs_lenet5_half"
+    student_kwargs: dict = field(default_factory=dict)
+    generator: str = "generator32"    # cond_generator32 for conditional methods
+    nz: int = 256
+    ngf: int = 64
+
+
+@dataclass
+class LossConfig:
+    # student objective
+    w_header: float = 1.0             # (1/K) sum_k D(s_k, t_k), D = L1 or KL (student_loss)
+    w_ens: float = 5.0                # L1(mean_k s_k, mean_k t_k)
+    w_feat: float = 0.2               # pooled-feature L1 (auto-off when feature dims differ)
+    w_ce: float = 0.0                 # CE(s_k, preset label) (conditional methods)
+    w_at: float = 0.0                 # attention transfer from teacher stage maps
+    student_loss: str = "l1"          # l1 | kl
+    temperature: float = 1.0
+    # generator objective
+    w_adv: float = 1.0                # maximise (1/K) sum_k D(s_k, t_k)
+    adv_loss: str = "l1"              # l1 | kl
+    w_bn: float = 0.1                 # BN-statistics prior, first BN layer x bn_first
+    bn_first: float = 5.0
+    w_ce_gen: float = 0.0             # CE(t_k, preset label) (conditional generator)
+    w_oh: float = 0.0                 # DAFL one-hot
+    w_ie: float = 0.0                 # DAFL information entropy
+    w_act: float = 0.0                # DAFL activation
+
+
+@dataclass
+class OptimConfig:
+    student: str = "sgd"              # sgd | adam
+    student_lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    generator_lr: float = 1e-3
+    schedule: str = "cosine"          # cosine | multistep | none, stepped per iteration
+    milestones: list = field(default_factory=lambda: [0.33, 0.67])  # fractions of iterations (multistep)
+    grad_clip: float = 0.0            # generator gradient-norm clip (0 = off)
+
+
+@dataclass
+class TrainConfig:
+    iterations: int = 1000
+    batch_size: int = 128
+    student_steps: int = 5            # student steps per generator step
+    ema: bool = False                 # MAD: EMA generator, student learns from both
+    ema_momentum: float = 0.95
+    amp: str = "bf16"                 # bf16 | fp16 (GPU) | none: autocast dtype
+    amp_scope: str = "generator"      # generator | all: which models run under autocast + channels_last
+    channels_last: bool = True        # (on CPU, small LeNets are fastest in fp32 NCHW: keep scope=generator)
+    seed: int = 0
+    device: str = "auto"              # auto | cpu | cuda
+    budget_s: float = 0.0             # stop after this many seconds (0 = no limit)
+    log_every: int = 25
+    ckpt_every: int = 100
+    sample_every: int = 200
+    eval_every: int = 0               # evaluate on the test split every N iterations (0 = only at the end)
+
+
+@dataclass
+class AggregationConfig:
+    num_samples: int = 0              # N real labeled samples for attention aggregation (0 = off)
+    val_fraction: float = 0.2         # held out from the N samples to select the epoch
+    epochs: int = 100
+    lr: float = 0.01
+    batch_size: int = 100
+
+
+@dataclass
+class Config:
+    method: str = "cdfkd_mfs"
+    run_dir: str = ""                 # '' = runs/<method>-<timestamp>
+    data: DataConfig = field(default_factory=DataConfig)
+    teachers: list = field(default_factory=list)     # list[TeacherSpec]
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    aggregation: AggregationConfig = field(default_factory=AggregationConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# Each method is a set of overrides of the defaults above (the defaults are CDFKD-MFS, spec 2.3/2.4).
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "cdfkd_mfs": {},
+    # DDAD (spec 3.2): symmetric min-max on the same discrepancy, plus the teachers' BN prior.
+    "ddad": {"loss": {"w_ens": 0.0, "w_feat": 0.0}},
+    # MAD (spec 4.2): KL discrepancy (ABM), EMA generator with momentum 0.95, student trains on G and EMA-G batches.
+    "mad": {"loss": {"student_loss": "kl", "adv_loss": "kl", "w_ens": 0.0, "w_feat": 0.0},
+            "train": {"ema": True}, "optim": {"grad_clip": 5.0}},
+    # CGDD (spec 5.2): conditional generator with preset labels, KL + CE + attention transfer for the student.
+    "cgdd": {"model": {"generator": "cond_generator32"},
+             "loss": {"student_loss": "kl", "w_ens": 0.0, "w_feat": 0.0, "w_ce": 1.0, "w_at": 250.0,
+                      "w_ce_gen": 1.0}},
+}
+
+CHOICES = {
+    ("loss", "student_loss"): ("l1", "kl"), ("loss", "adv_loss"): ("l1", "kl"),
+    ("optim", "student"): ("sgd", "adam"), ("optim", "schedule"): ("cosine", "multistep", "none"),
+    ("train", "amp"): ("bf16", "fp16", "none"), ("train", "amp_scope"): ("generator", "all"),
+    ("train", "device"): ("auto", "cpu", "cuda"),
+    ("data", "name"): ("mnist", "cifar10", "imagefolder"),
+}
+POSITIVE = {("train", "iterations"), ("train", "batch_size"), ("train", "student_steps"), ("model", "nz"),
+            ("model", "ngf"), ("train", "log_every"), ("train", "ckpt_every"), ("train", "sample_every"),
+            ("optim", "student_lr"), ("optim", "generator_lr"), ("loss", "temperature"), ("aggregation", "epochs"),
+            ("aggregation", "batch_size"), ("aggregation", "lr")}
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _unknown(key: str, known: list[str], where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(known)}"
+    return ConfigError(f"unknown config key {where}{key!r}{hint}")
+
+
+def _coerce(value: Any, typ: Any, where: str) -> Any:
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    base = typing.get_origin(typ) or typ
+    if isinstance(base, type) and base not in (list, dict) and dataclasses.is_dataclass(base):
+        return _build(base, value, where)
+    if base is types.UnionType or base is typing.Union:
+        return value
+    if not isinstance(value, base) or (base is int and isinstance(value, bool)):
+        raise ConfigError(f"config {where.rstrip('.')}: expected {base.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls: type, data: Any, where: str = "", base: Any = None) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {where.rstrip('.') or 'file'}: expected a mapping, got {data!r}")
+    types_ = _field_types(cls)
+    obj = base if base is not None else cls()
+    for key, value in data.items():
+        if key not in types_:
+            raise _unknown(key, list(types_), where)
+        if key == "teachers":
+            if not isinstance(value, list):
+                raise ConfigError("config teachers: expected a list of {path, kind, ...}")
+            value = [_build(TeacherSpec, t, f"teachers[{i}].") for i, t in enumerate(value)]
+        elif dataclasses.is_dataclass(types_[key]) and isinstance(value, dict):
+            value = _build(types_[key], value, f"{where}{key}.", getattr(obj, key))
+        else:
+            value = _coerce(value, types_[key], f"{where}{key}")
+        setattr(obj, key, value)
+    return obj
+
+
+def parse_override(arg: str) -> tuple[list[str], Any]:
+    """'--train.batch_size=64' -> (['train', 'batch_size'], 64); values are Python/YAML literals."""
+    text = arg[2:] if arg.startswith("--") else arg
+    if "=" not in text:
+        raise ConfigError(f"override {arg!r} must look like --section.key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = yaml.safe_load(raw) if raw else ""
+    return key.split("."), value
+
+
+def _nest(path: list[str], value: Any) -> dict[str, Any]:
+    out: Any = value
+    for part in reversed(path):
+        out = {part: out}
+    return out
+
+
+def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def make_config(data: dict[str, Any] | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Preset of `method` <- mapping `data` <- dotted overrides; then validated."""
+    merged = dict(data or {})
+    for arg in overrides:
+        merged = _merge(merged, _nest(*parse_override(arg)))
+    method = merged.get("method", "cdfkd_mfs")
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    cfg = _build(Config, _merge(PRESETS[method], merged))
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    data: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path) as f:
+                data = yaml.safe_load(f) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}")
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: invalid YAML ({str(e).splitlines()[0]})")
+    return make_config(data, overrides)
+
+
+def validate(cfg: Config) -> None:
+    """Value checks that the types cannot express; raise ConfigError naming the key."""
+    for (section, key), allowed in CHOICES.items():
+        if getattr(getattr(cfg, section), key) not in allowed:
+            raise ConfigError(f"config {section}.{key}={getattr(getattr(cfg, section), key)!r}: "
+                              f"choose one of {', '.join(allowed)}")
+    for section, key in POSITIVE:
+        if getattr(getattr(cfg, section), key) <= 0:
+            raise ConfigError(f"config {section}.{key} must be positive, got {getattr(getattr(cfg, section), key)}")
+    for f in dataclasses.fields(LossConfig):
+        if f.type == "float" and getattr(cfg.loss, f.name) < 0:
+            raise ConfigError(f"config loss.{f.name} must be >= 0")
+    if not 0.0 <= cfg.train.ema_momentum < 1.0:
+        raise ConfigError(f"config train.ema_momentum must be in [0, 1), got {cfg.train.ema_momentum}")
+    if not 0.0 < cfg.aggregation.val_fraction < 1.0:
+        raise ConfigError("config aggregation.val_fraction must be in (0, 1)")
+    for i, t in enumerate(cfg.teachers):
+        if t.kind not in ("cdkd", "timm", "torchscript"):
+            raise ConfigError(f"config teachers[{i}].kind={t.kind!r}: choose cdkd, timm or torchscript")
+        if not t.path:
+            raise ConfigError(f"config teachers[{i}].path is empty")
+        if t.kind == "timm" and not t.arch:
+            raise ConfigError(f"config teachers[{i}]: kind timm needs arch (a timm model name)")

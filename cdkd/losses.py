@@ -1,0 +1,90 @@
+"""Loss functions of the data-free KD methods, each a pure tensor function.
+
+Shapes: K teachers/headers, B batch, C classes, D feature dim. Multi-header tensors carry a leading K axis.
+Formulas follow ../shared/docs/algorithms.md (section numbers in the docstrings).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def header_l1(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """(1/K) sum_k L1(s_k, t_k), with L1 the mean absolute difference over B x C (spec 2.3). s, t: (K, B, C)."""
+    return F.l1_loss(s, t)
+
+
+def ensemble_l1(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """L1(mean_k s_k, mean_k t_k): the headers' average imitates the teachers' average (spec 2.3)."""
+    return F.l1_loss(s.mean(0), t.mean(0))
+
+
+def feature_l1(fs: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
+    """(1/K) sum_k (1/B) sum_b ||f^S_kb - f^T_kb||_1: summed over D, averaged over K and B (spec 2.3)."""
+    return (fs - ft).abs().sum(-1).mean()
+
+
+def kl_div(t: torch.Tensor, s: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """tau^2 * KL(softmax(t/tau) || softmax(s/tau)), batch-mean, averaged over any leading axes.
+
+    Leading axes (e.g. K) are averaged: the result is (1/K) sum_k KL(t_k || s_k).
+    """
+    c = t.shape[-1]
+    log_pt = F.log_softmax(t.reshape(-1, c) / temperature, -1)
+    log_ps = F.log_softmax(s.reshape(-1, c) / temperature, -1)
+    return F.kl_div(log_ps, log_pt, reduction="batchmean", log_target=True) * temperature ** 2
+
+
+def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean CE of logits (..., B, C) against labels y (B,), averaged over leading axes (preset labels, CGDD)."""
+    c = logits.shape[-1]
+    return F.cross_entropy(logits.reshape(-1, c), y.expand(*logits.shape[:-1]).reshape(-1))
+
+
+def bn_stat_term(a: torch.Tensor, running_mean: torch.Tensor, running_var: torch.Tensor) -> torch.Tensor:
+    """r_l = ||v_l - sigma^2_l||_2 + ||m_l - mu_l||_2, moments of the BN input a over (B, H, W), biased var.
+
+    DeepInversion Eq. 4 as in the CDFKD-MFS FeatureHook: plain (not squared) Euclidean norms. Computed in fp32.
+    """
+    a = a.float()
+    dims = [0] + list(range(2, a.dim()))
+    var, mean = torch.var_mean(a, dim=dims, unbiased=False)
+    return torch.linalg.vector_norm(var - running_var) + torch.linalg.vector_norm(mean - running_mean)
+
+
+def bn_stat_loss(terms: list[torch.Tensor], first_scale: float = 5.0) -> torch.Tensor:
+    """L_BN = sum_l rho_l r_l with rho = first_scale for the first BN layer, 1 for the rest."""
+    if not terms:
+        return torch.zeros(())
+    return first_scale * terms[0] + sum(terms[1:], torch.zeros_like(terms[0]))
+
+
+def dafl_onehot(t: torch.Tensor) -> torch.Tensor:
+    """L_oh = CE(t, argmax t): the teacher should be confident on synthetic inputs (spec 1.2)."""
+    return F.cross_entropy(t, t.argmax(-1))
+
+
+def dafl_info_entropy(t: torch.Tensor) -> torch.Tensor:
+    """L_ie = sum_c p_c log10 p_c with p the batch-mean softmax: negative entropy (base 10), favours balance."""
+    p = F.softmax(t, -1).mean(0)
+    return (p * torch.log(p.clamp_min(1e-12))).sum() / math.log(10)
+
+
+def dafl_activation(f: torch.Tensor) -> torch.Tensor:
+    """L_a = -mean |f^T|: strong penultimate activations."""
+    return -f.abs().mean()
+
+
+def attention_map(a: torch.Tensor) -> torch.Tensor:
+    """a(A) = l2-normalise(flatten(mean_c A_c^2)): (B, C, H, W) -> (B, H*W) (Zagoruyko & Komodakis)."""
+    return F.normalize(a.pow(2).mean(1).flatten(1), dim=1)
+
+
+def attention_transfer(maps_s: list[torch.Tensor], maps_t: list[torch.Tensor]) -> torch.Tensor:
+    """sum_j mean((a(A^S_j) - a(A^T_j))^2) over paired stages, the ZSKT form that beta = 250 is calibrated for.
+
+    Maps are attention maps (..., B, HW); teacher maps may carry a leading K axis (broadcast against the student's).
+    """
+    return sum(((ms - mt).pow(2).mean() for ms, mt in zip(maps_s, maps_t)), torch.zeros(()))

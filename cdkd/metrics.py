@@ -1,0 +1,39 @@
+"""Metrics as Parquet: rows are buffered and written as one part file per flush (at each checkpoint)."""
+from __future__ import annotations
+
+import glob
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+class MetricsWriter:
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.rows: list[dict[str, float]] = []
+        os.makedirs(directory, exist_ok=True)
+
+    def log(self, row: dict[str, float]) -> None:
+        self.rows.append(row)
+
+    def flush(self) -> None:
+        if not self.rows:
+            return
+        table = pa.Table.from_pylist(self.rows)
+        first, last = int(self.rows[0]["iteration"]), int(self.rows[-1]["iteration"])
+        path = os.path.join(self.directory, f"part-{first:08d}-{last:08d}.parquet")
+        pq.write_table(table, path + ".tmp")
+        os.replace(path + ".tmp", path)
+        self.rows = []
+
+    def drop_after(self, iteration: int) -> None:
+        """On resume: remove parts written past the checkpoint (they will be written again)."""
+        for path in glob.glob(os.path.join(self.directory, "part-*.parquet")):
+            if int(os.path.basename(path).split("-")[1]) > iteration:
+                os.remove(path)
+
+
+def read_metrics(directory: str) -> pa.Table:
+    parts = sorted(glob.glob(os.path.join(directory, "part-*.parquet")))
+    return pa.concat_tables([pq.read_table(p) for p in parts], promote_options="default")

@@ -1,0 +1,157 @@
+"""Multi-header students: a shared trunk plus K headers, header k imitating teacher k.
+
+`mfs_*` are the CDFKD-MFS students (spec 2.2a/c): every header taps all trunk levels through a
+chain of SepConv encoders, a_j = E_j(concat(u_j, a_{j-1})). `mh_*`/`smh_*` are the simpler students
+(spec 2.2d/e): the headers only branch off the last trunk level.
+Outputs are stacked on a leading header axis: logits (K, B, C), pooled features (K, B, D).
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..registry import MODELS
+from .lenet import LeNetTrunk
+from .resnet import ResNetTrunk
+
+
+class SepConv(nn.Module):
+    """Depthwise k x k (stride s) -> pointwise -> BN -> ReLU, optionally twice (the MTAN-style encoder)."""
+
+    def __init__(self, c_in: int, c_out: int, k: int = 3, stride: int = 2, padding: int = 1, double: bool = True):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(c_in, c_in, k, stride, padding, groups=c_in, bias=False)]
+        if double:
+            layers += [nn.Conv2d(c_in, c_in, 1, bias=False), nn.BatchNorm2d(c_in), nn.ReLU(inplace=True),
+                       nn.Conv2d(c_in, c_in, 3, 1, 1, groups=c_in, bias=False)]
+        layers += [nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class MFSHeader(nn.Module):
+    """Multi-level feature sharing: encoder j reads trunk level j concatenated with encoder j-1's output.
+
+    Levels left over after the encoders (e.g. LeNet's 1x1 top level) are concatenated before pooling.
+    """
+
+    def __init__(self, encoders: list[nn.Module], feat_in: int, feat_dim: int | None, num_classes: int) -> None:
+        super().__init__()
+        self.encoders = nn.ModuleList(encoders)
+        self.proj = nn.Sequential(nn.Linear(feat_in, feat_dim), nn.ReLU(inplace=True)) if feat_dim else nn.Identity()
+        self.classifier = nn.Linear(feat_dim or feat_in, num_classes)
+
+    def features(self, stages: list[torch.Tensor]) -> torch.Tensor:
+        a = self.encoders[0](stages[0])
+        for j, enc in enumerate(self.encoders[1:], start=1):
+            a = enc(torch.cat([stages[j], a], 1))
+        rest = stages[len(self.encoders):]
+        if rest:
+            a = torch.cat([*rest, a], 1)
+        return self.proj(F.adaptive_avg_pool2d(a, 1).flatten(1))
+
+
+class BranchHeader(nn.Module):
+    """Simple header: a private copy of the top of the network applied to the last trunk level."""
+
+    def __init__(self, branch: nn.Module, feat_in: int, feat_dim: int | None, num_classes: int) -> None:
+        super().__init__()
+        self.branch = branch
+        self.proj = nn.Sequential(nn.Linear(feat_in, feat_dim), nn.ReLU(inplace=True)) if feat_dim else nn.Identity()
+        self.classifier = nn.Linear(feat_dim or feat_in, num_classes)
+
+    def features(self, stages: list[torch.Tensor]) -> torch.Tensor:
+        return self.proj(F.adaptive_avg_pool2d(self.branch(stages[-1]), 1).flatten(1))
+
+
+class MultiHeaderStudent(nn.Module):
+    def __init__(self, trunk: nn.Module, headers: list[nn.Module], num_classes: int) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.headers = nn.ModuleList(headers)
+        self.num_classes = num_classes
+        self.num_headers = len(headers)
+        self.feature_dim = headers[0].classifier.in_features
+
+    def forward_features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        stages = self.trunk(x)
+        return stages, torch.stack([h.features(stages) for h in self.headers])  # (K, B, D)
+
+    def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
+        return torch.stack([h.classifier(f) for h, f in zip(self.headers, feats)])  # (K, B, C)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x)[1])
+
+
+class SingleHeadStudent(nn.Module):
+    """Presents any zoo classifier as a 1-header student, so one engine serves both kinds."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.num_classes = model.num_classes
+        self.num_headers = 1
+        self.feature_dim = model.feature_dim
+
+    def forward_features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        stages, pooled = self.model.forward_features(x)
+        return stages, pooled.unsqueeze(0)
+
+    def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_head(feats[0]).unsqueeze(0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x)[1])
+
+
+def as_student(model: nn.Module) -> nn.Module:
+    return model if hasattr(model, "num_headers") else SingleHeadStudent(model)
+
+
+@MODELS.register
+def mfs_resnet18(num_classes: int = 10, num_headers: int = 3, width: int = 64, in_chans: int = 3) -> MultiHeaderStudent:
+    trunk = ResNetTrunk((2, 2, 2, 2), width, in_chans)
+    w = trunk.widths
+
+    def header() -> MFSHeader:
+        encs = [SepConv(w[0], w[1]), SepConv(2 * w[1], w[2]), SepConv(2 * w[2], w[3]), SepConv(2 * w[3], w[3])]
+        return MFSHeader(encs, w[3], None, num_classes)
+
+    return MultiHeaderStudent(trunk, [header() for _ in range(num_headers)], num_classes)
+
+
+@MODELS.register
+def mfs_lenet5_half(num_classes: int = 10, num_headers: int = 3, in_chans: int = 1) -> MultiHeaderStudent:
+    """LeNet-5-half trunk (3@14x14, 8@5x5, 60@1x1); each header: 14x14 -> 5x5 -> 1x1 encoders, 24-d feature."""
+    trunk = LeNetTrunk(in_chans, (3, 8, 60))
+
+    def header() -> MFSHeader:
+        encs = [SepConv(3, 8, k=5, stride=2, padding=0, double=False),
+                SepConv(16, 24, k=5, stride=1, padding=0, double=False)]
+        return MFSHeader(encs, 60 + 24, 24, num_classes)
+
+    return MultiHeaderStudent(trunk, [header() for _ in range(num_headers)], num_classes)
+
+
+@MODELS.register
+def smh_resnet18(num_classes: int = 10, num_headers: int = 3, width: int = 64, in_chans: int = 3) -> MultiHeaderStudent:
+    """Spec 2.2d: shared trunk up to layer4's last block; each header owns a copy of that block."""
+    trunk = ResNetTrunk((2, 2, 2, 2), width, in_chans)
+    last = trunk.stages[3][-1]
+    trunk.stages[3] = trunk.stages[3][:-1]
+    headers = [BranchHeader(copy.deepcopy(last), trunk.widths[3], None, num_classes) for _ in range(num_headers)]
+    return MultiHeaderStudent(trunk, headers, num_classes)
+
+
+@MODELS.register
+def mh_lenet5_half(num_classes: int = 10, num_headers: int = 3, in_chans: int = 1) -> MultiHeaderStudent:
+    """Spec 2.2e: shared LeNet-5-half convs; each header owns the two fully connected layers."""
+    trunk = LeNetTrunk(in_chans, (3, 8, 60))
+    headers = [BranchHeader(nn.Identity(), 60, 42, num_classes) for _ in range(num_headers)]
+    return MultiHeaderStudent(trunk, headers, num_classes)

@@ -1,0 +1,95 @@
+"""The student and generator objectives of all methods, assembled from `losses` by the config weights.
+
+The generator objective is split as in spec 7.2: L(x) = sum_k [l_k(s_k(x), t_k(x)) + b_k(x)], so that
+dL/dx = sum_k (teacher-side input gradient g_k) + (student-side input gradient g_S). `teacher_side` needs only
+x, the paired student logits s_k and labels y, so it can run wherever teacher k lives.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import losses as L
+from .config import LossConfig
+from .teachers import Teacher, TeacherOutput
+
+
+@dataclass
+class Targets:
+    """No-grad teacher answers for a student step, stacked over the K teachers."""
+    logits: torch.Tensor                       # (K, B, C)
+    pooled: torch.Tensor | None = None         # (K, B, D)
+    maps: list[torch.Tensor] | None = None     # per stage j: (K, B, H_j*W_j) attention maps
+
+
+def discrepancy(s: torch.Tensor, t: torch.Tensor, kind: str, temperature: float = 1.0) -> torch.Tensor:
+    """(1/K) sum_k D(s_k, t_k) for paired (K, B, C) logits; D is L1 (DFAD/CDFKD-MFS) or KL(t||s) (ABM/MAD)."""
+    return L.header_l1(s, t) if kind == "l1" else L.kl_div(t, s, temperature)
+
+
+def pair_heads(s: torch.Tensor, k: int) -> torch.Tensor:
+    """Header k imitates teacher k; a single-head student is paired with every teacher. (H, B, C) -> (K, B, C)."""
+    return s.expand(k, *s.shape[1:]) if s.shape[0] == 1 else s
+
+
+def student_objective(s: torch.Tensor, feats: torch.Tensor, stages: list[torch.Tensor], tgt: Targets,
+                      y: torch.Tensor | None, lc: LossConfig) -> tuple[torch.Tensor, dict[str, float]]:
+    """L_S = w_header D(s_k, t_k) + w_ens L1(mean s, mean t) + w_feat feature L1 + w_ce CE(s, y) + w_at AT."""
+    k = tgt.logits.shape[0]
+    terms = {"header": (lc.w_header, lambda: discrepancy(pair_heads(s, k), tgt.logits, lc.student_loss,
+                                                         lc.temperature)),
+             "ens": (lc.w_ens, lambda: L.ensemble_l1(s, tgt.logits)),
+             "feat": (lc.w_feat if tgt.pooled is not None else 0.0,
+                      lambda: L.feature_l1(pair_heads(feats, k), tgt.pooled)),
+             "ce": (lc.w_ce if y is not None else 0.0, lambda: L.cross_entropy(s, y)),
+             "at": (lc.w_at if tgt.maps else 0.0,
+                    lambda: L.attention_transfer([L.attention_map(a.float()) for a in stages], tgt.maps))}
+    total, logs = torch.zeros((), device=s.device), {}
+    for name, (weight, term) in terms.items():
+        if weight > 0:
+            value = term()
+            total = total + weight * value
+            logs[f"s_{name}"] = value.item()
+    logs["loss_s"] = total.item()
+    return total, logs
+
+
+def teacher_prior(out: TeacherOutput, y: torch.Tensor | None, lc: LossConfig) -> torch.Tensor:
+    """b_k(x): the teacher-local generator terms (BN statistics, CE on preset labels, DAFL)."""
+    t = out.logits.float()
+    loss = torch.zeros((), device=t.device)
+    if lc.w_bn > 0 and out.bn_terms:
+        loss = loss + lc.w_bn * L.bn_stat_loss(out.bn_terms, lc.bn_first)
+    if lc.w_ce_gen > 0 and y is not None:
+        loss = loss + lc.w_ce_gen * L.cross_entropy(t, y)
+    if lc.w_oh > 0:
+        loss = loss + lc.w_oh * L.dafl_onehot(t)
+    if lc.w_ie > 0:
+        loss = loss + lc.w_ie * L.dafl_info_entropy(t)
+    if lc.w_act > 0 and out.pooled is not None:
+        loss = loss + lc.w_act * L.dafl_activation(out.pooled.float())
+    return loss
+
+
+def teacher_side(teacher: Teacher, x: torch.Tensor, s_k: torch.Tensor, y: torch.Tensor | None, lc: LossConfig,
+                 num_teachers: int, amp: torch.autocast | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """Teacher k's share of a generator step: g_k = d/dx [-w_adv D(s_k, t_k) + b_k(x)] / K, with s_k held fixed.
+
+    Returns (g_k like x, t_k detached (B, C), logs). The teacher graph lives only inside this call.
+    """
+    x = x.detach().requires_grad_(True)
+    with amp if amp is not None else torch.autocast(x.device.type, enabled=False):
+        out = teacher(x, bn_stats=lc.w_bn > 0)
+    t = out.logits.float()
+    adv = discrepancy(s_k.detach()[None], t[None], lc.adv_loss, lc.temperature)
+    prior = teacher_prior(out, y, lc)
+    loss = (-lc.w_adv * adv + prior) / num_teachers
+    (grad,) = torch.autograd.grad(loss, x)
+    return grad, t.detach(), {"adv": adv.item(), "prior": prior.item()}
+
+
+def student_side(s: torch.Tensor, t: torch.Tensor, lc: LossConfig) -> torch.Tensor:
+    """The student path of the generator loss: -w_adv (1/K) sum_k D(s_k, t_k) with t held fixed."""
+    return -lc.w_adv * discrepancy(pair_heads(s, t.shape[0]), t.detach(), lc.adv_loss, lc.temperature)

@@ -1,0 +1,190 @@
+"""Build a run from its config and drive the engine: checkpoints, resume, metrics, samples, evaluation, export.
+
+Everything that can be wrong with the input (config values, data path, teacher files, class counts) is
+checked in `build` before the first iteration.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torchvision.utils import save_image
+
+from .aggregation import fit_aggregator
+from .checkpoint import atomic_save, export_student, load_run_checkpoint, rng_state, set_rng_state
+from .config import Config
+from .data import ImageData, load_data
+from .engine import Distiller
+from .errors import CdkdError, ConfigError, NonFiniteLossError
+from .metrics import MetricsWriter
+from .models import create_model, num_params
+from .registry import MODELS
+from .progress import Progress
+from .supervised import predictions
+from .teachers import load_teacher, validate_teachers
+
+
+@dataclass
+class Run:
+    cfg: Config
+    distiller: Distiller
+    data: ImageData | None
+    input_shape: tuple[int, ...]
+    device: torch.device
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda but no CUDA device is available")
+    return torch.device(name)
+
+
+def build(cfg: Config, with_data: bool = True) -> Run:
+    """Validate all input and construct teachers, student, generator and engine (no training yet)."""
+    torch.set_flush_denormal(True)  # denormals in small late-training activations cost up to 4x on CPU
+    torch.manual_seed(cfg.train.seed)
+    device = pick_device(cfg.train.device)
+    if not cfg.teachers:
+        raise ConfigError("no teachers configured (teachers: [{path: ...}, ...])")
+    data = load_data(cfg.data.name, cfg.data.root, cfg.data.download) if with_data else None
+    teachers = [load_teacher(spec) for spec in cfg.teachers]
+    num_classes, shape = validate_teachers(teachers, data.input_shape if data else None)
+    if data is not None and data.num_classes != num_classes:
+        raise CdkdError(f"teachers predict {num_classes} classes but data set {cfg.data.name!r} has {data.num_classes}")
+    student_kwargs = {"num_classes": num_classes, "in_chans": shape[0], **cfg.model.student_kwargs}
+    if "num_headers" in inspect.signature(MODELS._entries.get(cfg.model.student, lambda: None)).parameters:
+        student_kwargs.setdefault("num_headers", len(teachers))  # header k imitates teacher k
+    student = create_model(cfg.model.student, **student_kwargs)
+    gen_kwargs = dict(nz=cfg.model.nz, ngf=cfg.model.ngf, img_size=shape[-1], nc=shape[0])
+    if cfg.model.generator.startswith("cond"):
+        gen_kwargs["num_classes"] = num_classes
+    generator = create_model(cfg.model.generator, **gen_kwargs)
+    if cfg.train.channels_last:
+        generator = generator.to(memory_format=torch.channels_last)
+        if cfg.train.amp_scope == "all":
+            student = student.to(memory_format=torch.channels_last)
+    distiller = Distiller(cfg, teachers, student, generator, num_classes).to(device)
+    info = {"num_classes": num_classes, "student_params": num_params(distiller.student),
+            "teacher_params": sum(num_params(t.model) for t in teachers), "teachers": [t.name for t in teachers]}
+    return Run(cfg, distiller, data, shape, device, info)
+
+
+@torch.no_grad()
+def evaluate(run: Run, aggregator: nn.Module | None = None) -> dict[str, Any]:
+    """Test accuracy of each teacher, the teacher ensemble (mean logits), the student and its headers."""
+    d, dev = run.distiller, run.device
+    teacher_logits, y = predictions(lambda x: torch.stack([t(x).logits for t in d.teachers]), run.data.test,
+                                    device=dev)
+    d.student.eval()
+    s, _ = predictions(d.student, run.data.test, device=dev)
+    d.student.train()
+    acc = lambda logits: (logits.argmax(-1) == y).float().mean().item()  # noqa: E731
+    out = {"teacher_acc": [acc(t) for t in teacher_logits], "ensemble_acc": acc(teacher_logits.mean(0)),
+           "student_acc": acc(s.mean(0)), "header_acc": [acc(h) for h in s]}
+    if aggregator is not None:
+        out["student_acc_attention"] = acc(aggregator(s.to(dev)).cpu())
+    return out
+
+
+def train(run: Run, resume: bool = False) -> dict[str, Any]:
+    """Run (or continue) the distillation; returns the final result dict, also written to result.json."""
+    cfg, d = run.cfg, run.distiller
+    if not cfg.run_dir:
+        cfg.run_dir = os.path.join("runs", f"{cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}")
+    rd = cfg.run_dir
+    ckpt_path = os.path.join(rd, "checkpoints", "last.pt")
+    if os.path.exists(ckpt_path) and not resume:
+        raise CdkdError(f"{rd} already holds a run; pass --resume to continue it or choose another run_dir")
+    metrics = MetricsWriter(os.path.join(rd, "metrics"))
+    if resume and os.path.exists(ckpt_path):
+        state = load_run_checkpoint(ckpt_path)
+        d.load_state(state["engine"])
+        set_rng_state(state["rng"])
+        metrics.drop_after(d.step)
+        print(f"[cdkd] resumed {rd} at iteration {d.step}")
+    os.makedirs(os.path.join(rd, "samples"), exist_ok=True)
+    with open(os.path.join(rd, "config.yaml"), "w") as f:
+        f.write(cfg.to_yaml())
+
+    def checkpoint() -> None:
+        atomic_save({"engine": d.state(), "rng": rng_state(), "config": cfg.to_dict()}, ckpt_path)
+        metrics.flush()
+
+    t = cfg.train
+    progress = Progress(t.iterations, cfg.method, start=d.step, log_every=t.log_every)
+    t0, stopped = time.perf_counter(), None
+    while d.step < t.iterations:
+        try:
+            logs = d.train_iteration()
+        except NonFiniteLossError as e:
+            raise NonFiniteLossError(f"{e}; last good checkpoint: {ckpt_path}") from None
+        it = d.step
+        elapsed = time.perf_counter() - t0
+        if t.eval_every and it % t.eval_every == 0 and run.data is not None:
+            logs["student_acc"] = evaluate(run)["student_acc"]
+        metrics.log({"iteration": it, "time_s": elapsed, **logs})
+        progress.update(logs)
+        if it % t.sample_every == 0 or it == t.iterations:
+            save_samples(d, os.path.join(rd, "samples", f"iter_{it:06d}.png"))
+        if it % t.ckpt_every == 0:
+            checkpoint()
+        if t.budget_s and elapsed > t.budget_s and it < t.iterations:
+            stopped = f"time budget of {t.budget_s:.0f}s reached at iteration {it}"
+            print(f"[cdkd] {stopped}")
+            break
+    progress.close()
+    wall = time.perf_counter() - t0
+    checkpoint()
+    return finish(run, wall, stopped)
+
+
+@torch.no_grad()
+def save_samples(d: Distiller, path: str, n: int = 64) -> None:
+    x, _ = d.sample(d.generator, max(n, 2))
+    save_image(x[:n].float().cpu(), path, nrow=8, normalize=True)
+
+
+def finish(run: Run, wall: float, stopped: str | None) -> dict[str, Any]:
+    cfg, d = run.cfg, run.distiller
+    result: dict[str, Any] = {"method": cfg.method, "iterations": d.step, "distill_wall_s": round(wall, 1),
+                              **run.info}
+    aggregator = None
+    if run.data is not None:
+        if cfg.aggregation.num_samples > 0:
+            a = cfg.aggregation
+            d.student.eval()
+            aggregator, agg_info = fit_aggregator(d.student, run.data.train, a.num_samples, run.info["num_classes"],
+                                                  a.val_fraction, a.epochs, a.lr, a.batch_size, cfg.train.seed,
+                                                  run.device)
+            result.update(agg_info)
+        result.update(evaluate(run, aggregator))
+    if stopped:
+        result["stopped"] = stopped
+    export_path = os.path.join(cfg.run_dir, "student.pt2")
+    d.student.eval()
+    export_student(d.student.cpu(), aggregator.cpu() if aggregator else None, run.input_shape, export_path)
+    d.student.to(run.device).train()
+    result["exported_student"] = export_path
+    with open(os.path.join(cfg.run_dir, "result.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    return result
+
+
+def format_table(result: dict[str, Any]) -> str:
+    rows = [(f"teacher {i}", a) for i, a in enumerate(result.get("teacher_acc", []))]
+    rows += [("teacher ensemble", result.get("ensemble_acc")), ("student (mean of headers)", result.get("student_acc"))]
+    if "student_acc_attention" in result:
+        rows.append(("student (attention aggregation)", result["student_acc_attention"]))
+    lines = [f"{'model':<34}{'test acc':>10}", "-" * 44]
+    lines += [f"{name:<34}{acc:>10.4f}" for name, acc in rows if acc is not None]
+    lines.append(f"student params {result['student_params']:,} / ensemble params {result['teacher_params']:,}")
+    return "\n".join(lines)

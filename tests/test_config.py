@@ -1,0 +1,69 @@
+import pytest
+import yaml
+
+from cdkd.config import PRESETS, load_config, make_config
+from cdkd.errors import ConfigError
+
+
+def test_presets_are_configurations_of_one_config():
+    assert make_config({}).method == "cdfkd_mfs"
+    mad = make_config({"method": "mad"})
+    assert mad.train.ema and mad.loss.adv_loss == "kl"
+    cgdd = make_config({"method": "cgdd"})
+    assert cgdd.model.generator == "cond_generator32" and cgdd.loss.w_at == 250.0
+    assert set(PRESETS) == {"cdfkd_mfs", "ddad", "mad", "cgdd"}
+
+
+def test_yaml_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"method": "ddad", "train": {"batch_size": 32, "iterations": 7}}))
+    cfg = load_config(str(path), ["--train.batch_size=64", "--loss.w_bn=0.5", "--optim.milestones=[0.5]"])
+    assert (cfg.method, cfg.train.batch_size, cfg.train.iterations) == ("ddad", 64, 7)
+    assert cfg.loss.w_bn == 0.5 and cfg.optim.milestones == [0.5]
+    assert cfg.loss.w_ens == 0.0  # from the ddad preset
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = make_config({"method": "cgdd", "teachers": [{"path": "a.pt"}, {"path": "b.pt", "kind": "torchscript"}]})
+    path = tmp_path / "round.yaml"
+    path.write_text(cfg.to_yaml())
+    assert load_config(str(path)).to_dict() == cfg.to_dict()
+
+
+def test_int_accepted_for_float():
+    assert make_config({}, ["--loss.w_bn=1"]).loss.w_bn == 1.0
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--train.batch_size=0", "batch_size must be positive"),
+    ("--train.batch_size=-3", "batch_size must be positive"),
+    ("--train.bach_size=3", "did you mean 'batch_size'"),
+    ("--method=dfad", "unknown method 'dfad'"),
+    ("--loss.w_bn='x'", "expected float"),
+    ("--loss.w_bn=-1.0", "loss.w_bn must be >= 0"),
+    ("--train.amp=fp8", "choose one of"),
+    ("--train.ema_momentum=1.5", "ema_momentum"),
+    ("--train.iterations=2.5", "expected int"),
+    ("train.batch_size", "--section.key=value"),
+])
+def test_bad_values_raise(override, message):
+    with pytest.raises(ConfigError, match=message):
+        make_config({}, [override])
+
+
+def test_bad_teacher_entries():
+    with pytest.raises(ConfigError, match="teachers\\[0\\].kind"):
+        make_config({"teachers": [{"path": "x", "kind": "onnx"}]})
+    with pytest.raises(ConfigError, match="needs arch"):
+        make_config({"teachers": [{"path": "x", "kind": "timm"}]})
+    with pytest.raises(ConfigError, match="unknown config key teachers\\[0\\].'pth'"):
+        make_config({"teachers": [{"pth": "x"}]})
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(str(tmp_path / "nope.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(str(bad))

@@ -1,0 +1,88 @@
+import pytest
+import torch
+
+from cdkd.errors import ConfigError
+from cdkd.models import create_model, list_models, num_params
+from cdkd.models.students import SingleHeadStudent
+
+CLASSIFIERS = {"lenet5": (1, 32), "lenet5_half": (1, 32), "resnet18": (3, 32), "resnet34": (3, 32),
+               "wrn_16_2": (3, 32), "wrn_40_2": (3, 32)}
+STUDENTS = {"mfs_lenet5_half": (1, 32), "mh_lenet5_half": (1, 32), "mfs_resnet18": (3, 32), "smh_resnet18": (3, 32)}
+GENERATORS = {"generator32": {"img_size": 32}, "cond_generator32": {"img_size": 32}, "generator_large": {"img_size": 64}}
+
+
+def test_registry_covers_all_tested_models():
+    assert set(list_models()) == set(CLASSIFIERS) | set(STUDENTS) | set(GENERATORS)
+
+
+@pytest.mark.parametrize("name", sorted(CLASSIFIERS))
+def test_classifier_shapes_and_interface(name):
+    c, s = CLASSIFIERS[name]
+    kwargs = {"width": 8} if name.startswith("resnet") else {}
+    m = create_model(name, num_classes=7, in_chans=c, **kwargs).eval()
+    x = torch.randn(2, c, s, s)
+    stages, pooled = m.forward_features(x)
+    assert pooled.shape == (2, m.feature_dim)
+    assert all(a.shape[0] == 2 and a.dim() == 4 for a in stages)
+    assert torch.equal(m(x), m.forward_head(pooled)) and m(x).shape == (2, 7)
+
+
+@pytest.mark.parametrize("name", sorted(STUDENTS))
+def test_multi_header_student_shapes(name):
+    c, s = STUDENTS[name]
+    kwargs = {"width": 8} if "resnet" in name else {}
+    m = create_model(name, num_classes=5, num_headers=4, in_chans=c, **kwargs).eval()
+    x = torch.randn(3, c, s, s)
+    stages, feats = m.forward_features(x)
+    assert feats.shape == (4, 3, m.feature_dim)
+    assert m(x).shape == (4, 3, 5)
+    assert torch.equal(m(x), m.forward_head(feats))
+
+
+def test_headers_are_independent():
+    m = create_model("mfs_lenet5_half", num_headers=3)
+    assert m.headers[0].classifier.weight.data_ptr() != m.headers[1].classifier.weight.data_ptr()
+    m.eval()
+    out = m(torch.randn(4, 1, 32, 32))
+    assert not torch.allclose(out[0], out[1])
+
+
+def test_mfs_resnet18_taps_all_levels():
+    """Spec 2.2a encoder channels: 64->128, 256->256, 512->512, 1024->512."""
+    m = create_model("mfs_resnet18", num_classes=100)
+    pw = [enc.body[-3] for enc in m.headers[0].encoders]
+    assert [(p.in_channels, p.out_channels) for p in pw] == [(64, 128), (256, 256), (512, 512), (1024, 512)]
+
+
+def test_student_budget_against_ensemble():
+    """The benchmark student has at most 1/8 of the parameters of three LeNet-5 teachers."""
+    assert num_params(create_model("mfs_lenet5_half")) * 8 <= 3 * num_params(create_model("lenet5"))
+
+
+@pytest.mark.parametrize("name", sorted(GENERATORS))
+def test_generators(name):
+    kwargs = dict(nz=16, ngf=8, nc=3, **GENERATORS[name])
+    g = create_model(name, **kwargs)
+    z = torch.randn(4, 16)
+    y = torch.tensor([0, 1, 2, 3]) if name.startswith("cond") else None
+    x = g(z, y)
+    size = GENERATORS[name]["img_size"]
+    assert x.shape == (4, 3, size, size)
+    if name == "generator32":  # last BN without affine: each channel zero mean, unit variance over the batch
+        assert torch.allclose(x.mean((0, 2, 3)), torch.zeros(3), atol=1e-5)
+
+
+def test_conditional_generator_needs_labels():
+    g = create_model("cond_generator32", nz=8, ngf=4, num_classes=10)
+    with pytest.raises(ValueError, match="labels"):
+        g(torch.randn(2, 8))
+
+
+def test_single_head_wrapper():
+    m = SingleHeadStudent(create_model("lenet5_half")).eval()
+    assert m(torch.randn(2, 1, 32, 32)).shape == (1, 2, 10)
+
+
+def test_unknown_model_suggests():
+    with pytest.raises(ConfigError, match="did you mean.*lenet5"):
+        create_model("lenet6")

@@ -1,0 +1,91 @@
+"""Run-level behaviour: resume equals an uninterrupted run, NaN stops cleanly, the export round-trips."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from cdkd.checkpoint import AggregatedStudent, load_run_checkpoint
+from cdkd.config import make_config
+from cdkd.errors import CdkdError, NonFiniteLossError
+from cdkd.metrics import read_metrics
+from cdkd.trainer import build, train
+from tests.conftest import tiny_config
+
+
+def run_to_end(teacher_paths, run_dir, method="cdfkd_mfs", crash_at=None, resume=False):
+    cfg = make_config(tiny_config(teacher_paths, str(run_dir), method=method))
+    run = build(cfg, with_data=False)
+    if crash_at is not None:
+        step = run.distiller.train_iteration
+
+        def crashing():
+            if run.distiller.step == crash_at:
+                raise RuntimeError("simulated crash")
+            return step()
+        run.distiller.train_iteration = crashing
+    return run, train(run, resume=resume)
+
+
+@pytest.mark.parametrize("method", ["cdfkd_mfs", "mad"])
+def test_resume_matches_uninterrupted_run(tmp_path, teacher_paths, method):
+    ref, _ = run_to_end(teacher_paths, tmp_path / "ref", method)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_to_end(teacher_paths, tmp_path / "cut", method, crash_at=3)  # checkpoint at 2, crash in 4th iteration
+    assert load_run_checkpoint(str(tmp_path / "cut" / "checkpoints" / "last.pt"))["engine"]["step"] == 2
+    resumed, _ = run_to_end(teacher_paths, tmp_path / "cut", method, resume=True)
+    for name in ("student", "generator") + (("ema",) if method == "mad" else ()):
+        a, b = getattr(ref.distiller, name).state_dict(), getattr(resumed.distiller, name).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    rows = read_metrics(str(tmp_path / "cut" / "metrics")).to_pydict()
+    assert rows["iteration"] == [1, 2, 3, 4]
+    assert rows["loss_s"] == read_metrics(str(tmp_path / "ref" / "metrics")).to_pydict()["loss_s"]
+
+
+def test_existing_run_needs_resume(tmp_path, teacher_paths):
+    run_to_end(teacher_paths, tmp_path / "r")
+    with pytest.raises(CdkdError, match="--resume"):
+        run_to_end(teacher_paths, tmp_path / "r")
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, teacher_paths):
+    cfg = make_config(tiny_config(teacher_paths, str(tmp_path / "nan")))
+    run = build(cfg, with_data=False)
+    d, step = run.distiller, run.distiller.train_iteration
+
+    def poisoned():
+        if d.step == 2:
+            with torch.no_grad():
+                d.teachers[0].model.classifier.weight.fill_(float("nan"))
+        return step()
+    d.train_iteration = poisoned
+    ckpt = tmp_path / "nan" / "checkpoints" / "last.pt"
+    with pytest.raises(NonFiniteLossError, match="loss is nan at iteration 2.*last good checkpoint"):
+        train(run)
+    state = load_run_checkpoint(str(ckpt))
+    assert state["engine"]["step"] == 2
+    assert all(torch.isfinite(v).all() for v in state["engine"]["student"].values() if v.is_floating_point())
+
+
+def test_export_round_trip_without_cdkd(tmp_path, teacher_paths):
+    run, result = run_to_end(teacher_paths, tmp_path / "exp")
+    path = result["exported_student"]
+    x = torch.randn(5, 1, 32, 32)
+    run.distiller.student.eval()
+    expected = AggregatedStudent(run.distiller.student)(x)
+    torch.save(x, tmp_path / "x.pt")
+    code = ("import sys, torch; m = torch.export.load(sys.argv[1]).module(); y = m(torch.load(sys.argv[2]));"
+            "assert 'cdkd' not in sys.modules; torch.save(y, sys.argv[3])")
+    subprocess.run([sys.executable, "-c", code, path, str(tmp_path / "x.pt"), str(tmp_path / "y.pt")], check=True,
+                   cwd=tmp_path, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert torch.allclose(torch.load(tmp_path / "y.pt"), expected, atol=1e-5)
+    assert expected.shape == (5, 10)
+
+
+def test_run_writes_samples_metrics_config(tmp_path, teacher_paths):
+    run_to_end(teacher_paths, tmp_path / "out")
+    out = tmp_path / "out"
+    assert sorted(os.listdir(out / "samples")) == ["iter_000002.png", "iter_000004.png"]
+    assert (out / "config.yaml").exists() and (out / "result.json").exists()
+    assert read_metrics(str(out / "metrics")).num_rows == 4
