@@ -1,6 +1,8 @@
 """The distillation engine: one iteration = `student_steps` student steps, then one generator step.
 
-Plain PyTorch, single process, no I/O: the run loop (`cdkd.trainer`) and later Ray only place and drive it.
+Plain PyTorch, no I/O: the run loop (`cdkd.trainer`) and Ray Train only place and drive it. The teachers sit
+behind a `TeacherPool` (in-process or Ray actors); under torch.distributed, `enable_ddp` wraps student and
+generator in DDP and each rank draws its shard of every global batch.
 """
 from __future__ import annotations
 
@@ -8,14 +10,16 @@ import math
 from contextlib import nullcontext
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from .config import Config
 from .errors import ConfigError, NonFiniteLossError
-from .losses import attention_map
 from .models.students import as_student
-from .objectives import Targets, student_objective, student_side, teacher_side
+from .objectives import Targets, student_objective, student_side
+from .teacher_pool import PoolSpec, TeacherGroup, TeacherPool
 from .teachers import Teacher
 
 
@@ -29,17 +33,24 @@ def build_scheduler(opt: torch.optim.Optimizer, cfg: Config) -> torch.optim.lr_s
 
 
 class Distiller(nn.Module):
-    """Student, generator (and its EMA copy), frozen teachers, optimisers and schedulers of one run."""
+    """Student, generator (and its EMA copy), the teacher pool, optimisers and schedulers of one run.
 
-    def __init__(self, cfg: Config, teachers: list[Teacher], student: nn.Module, generator: nn.Module,
-                 num_classes: int) -> None:
+    `teachers` is a list of `Teacher` (wrapped in an in-process `TeacherGroup`) or any `TeacherPool`.
+    """
+
+    def __init__(self, cfg: Config, teachers: list[Teacher] | TeacherPool, student: nn.Module,
+                 generator: nn.Module, num_classes: int) -> None:
         super().__init__()
         self.cfg, self.lc = cfg, cfg.loss
-        self.teachers = nn.ModuleList(teachers)
+        self.pool = TeacherGroup(teachers) if isinstance(teachers, list) else teachers
         self.student = as_student(student)
         self.generator = generator
+        # what forward passes call: the modules themselves, or their DDP wrappers after `enable_ddp`
+        object.__setattr__(self, "student_fwd", self.student)
+        object.__setattr__(self, "generator_fwd", self.generator)
+        self.rank, self.world_size = 0, 1
         self.num_classes = num_classes
-        k, h = len(teachers), self.student.num_headers
+        k, h = self.pool.num_teachers, self.student.num_headers
         if h not in (1, k):
             raise ConfigError(f"student {cfg.model.student!r} has {h} headers but there are {k} teachers "
                               f"(set model.student_kwargs.num_headers={k})")
@@ -51,6 +62,8 @@ class Distiller(nn.Module):
         if cfg.train.ema:
             self.ema = AveragedModel(generator, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_momentum))
         self.use_feat, self.at_stages = self._probe_pairs()
+        self.pool.configure(PoolSpec(self.lc, k, self.use_feat, self.at_stages,
+                                     cfg.train.amp if cfg.train.amp_scope == "all" else "none"))
         o = cfg.optim
         if o.student == "sgd":
             self.opt_s = torch.optim.SGD(self.student.parameters(), o.student_lr, momentum=o.momentum,
@@ -65,9 +78,9 @@ class Distiller(nn.Module):
     def _probe_pairs(self) -> tuple[bool, int]:
         """Decide before training which teacher/student pairings the losses can use (feature dims, map sizes)."""
         x, y = self.sample(self.generator, 2)
-        outs = [t(x) for t in self.teachers]
+        outs = self.pool.describe(x)
         stages_s, feats_s = self.student.forward_features(x)
-        dims = {o.pooled.shape[-1] if o.pooled is not None else None for o in outs}
+        dims = {o["pooled_dim"] for o in outs}
         use_feat = self.lc.w_feat > 0 and dims == {feats_s.shape[-1]}
         if self.lc.w_feat > 0 and not use_feat:
             print(f"[cdkd] loss.w_feat ignored: teacher feature dims {sorted(map(str, dims))} != student's "
@@ -75,12 +88,28 @@ class Distiller(nn.Module):
         at_stages = 0
         if self.lc.w_at > 0:
             for j, a_s in enumerate(stages_s):
-                if any(len(o.stages) <= j or o.stages[j].shape[-2:] != a_s.shape[-2:] for o in outs):
+                if any(len(o["stage_sizes"]) <= j or o["stage_sizes"][j] != tuple(a_s.shape[-2:]) for o in outs):
                     break
                 at_stages = j + 1
             if at_stages == 0:
                 raise ConfigError("loss.w_at > 0 but no teacher stage map matches the student's first stage size")
         return use_feat, at_stages
+
+    @property
+    def teachers(self) -> list[Teacher]:
+        """The in-process teachers (only for an in-process pool)."""
+        return list(self.pool.teachers)
+
+    def enable_ddp(self) -> None:
+        """Wrap student and generator in DDP over the initialised process group; batches become per-rank shards."""
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        if self.cfg.train.batch_size % self.world_size:
+            raise ConfigError(f"train.batch_size={self.cfg.train.batch_size} is not divisible by "
+                              f"{self.world_size} workers")
+        dev = next(self.student.parameters()).device
+        ids = [dev.index] if dev.type == "cuda" else None
+        object.__setattr__(self, "student_fwd", DDP(self.student, device_ids=ids))
+        object.__setattr__(self, "generator_fwd", DDP(self.generator, device_ids=ids))
 
     def amp(self, part: str = "all") -> torch.autocast | nullcontext:
         """Autocast for `part` ('generator' or 'all' = student and teachers) if the config's amp_scope covers it."""
@@ -94,12 +123,19 @@ class Distiller(nn.Module):
         return nullcontext()
 
     def sample(self, generator: nn.Module, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x = G(z[, y]) with z ~ N(0, I) and, for a conditional G, class-balanced preset labels y."""
-        dev = next(generator.parameters()).device
+        """x = G(z[, y]) with z ~ N(0, I) and, for a conditional G, class-balanced preset labels y.
+
+        `n` is the global batch: every rank draws the same z (same seed) and keeps its own shard of it,
+        so N workers see exactly the inputs of one worker with the same global batch.
+        """
+        dev = next(self.generator.parameters()).device
         z = torch.randn(n, self.cfg.model.nz, device=dev)
         y = None
         if self.conditional:
             y = (torch.arange(n, device=dev) % self.num_classes)[torch.randperm(n, device=dev)]
+        if self.world_size > 1:
+            shard = slice(self.rank * n // self.world_size, (self.rank + 1) * n // self.world_size)
+            z, y = z[shard], (y[shard] if y is not None else None)
         with self.amp("generator"):
             x = generator(z, y)
         fmt = torch.channels_last if self.cfg.train.channels_last and self.cfg.train.amp_scope == "all" \
@@ -107,27 +143,21 @@ class Distiller(nn.Module):
         return x.float().contiguous(memory_format=fmt), y
 
     @torch.no_grad()
-    def teacher_targets(self, x: torch.Tensor) -> Targets:
-        with self.amp():
-            outs = [t(x) for t in self.teachers]
-        logits = torch.stack([o.logits.float() for o in outs])
-        pooled = torch.stack([o.pooled.float() for o in outs]) if self.use_feat else None
-        maps = None
-        if self.at_stages:
-            maps = [torch.stack([attention_map(o.stages[j].float()) for o in outs]) for j in range(self.at_stages)]
-        return Targets(logits, pooled, maps)
-
-    def student_step(self) -> dict[str, float]:
+    def student_batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One student batch from G (and, for MAD, a second half from the slow-moving EMA generator)."""
         b = self.cfg.train.batch_size
-        with torch.no_grad():
-            x, y = self.sample(self.generator, b)
-            if self.ema is not None:  # MAD: the student also learns from the slow-moving EMA generator
-                x2, y2 = self.sample(self.ema.module, b)
-                x, y = torch.cat([x, x2]), (torch.cat([y, y2]) if y is not None else None)
-            tgt = self.teacher_targets(x)
+        x, y = self.sample(self.generator_fwd, b)
+        if self.ema is not None:
+            x2, y2 = self.sample(self.ema.module, b)
+            x, y = torch.cat([x, x2]), (torch.cat([y, y2]) if y is not None else None)
+        return x, y
+
+    def student_step(self, x: torch.Tensor, y: torch.Tensor | None, tgt: Targets) -> dict[str, float]:
+        dev = x.device
+        tgt = Targets(tgt.logits.to(dev), tgt.pooled.to(dev) if tgt.pooled is not None else None,
+                      [m.to(dev) for m in tgt.maps] if tgt.maps else None)
         with self.amp():
-            stages, feats = self.student.forward_features(x)
-            s = self.student.forward_head(feats)
+            stages, feats, s = self.student_fwd(x, features=True)
         loss, logs = student_objective(s.float(), feats.float(), stages[:self.at_stages], tgt, y, self.lc)
         self._check_finite(loss, "student")
         self.opt_s.zero_grad(set_to_none=True)
@@ -137,22 +167,19 @@ class Distiller(nn.Module):
 
     def generator_step(self) -> dict[str, float]:
         """One generator step, written as the teacher-side / student-side gradient split of spec 7.2."""
-        x, y = self.sample(self.generator, self.cfg.train.batch_size)     # keeps the graph to G
-        with self.amp():
+        x, y = self.sample(self.generator_fwd, self.cfg.train.batch_size)  # keeps the graph to G
+        with self.amp():  # the plain student: only d/dx is wanted here, no parameter gradients to all-reduce
             s = self.student(x).float()                                   # (H, B, C), student in train mode
-        s_pair = s.expand(len(self.teachers), *s.shape[1:]) if s.shape[0] == 1 else s
-        # 1. teacher side: one call per teacher returns its input gradient g_k and logits t_k
-        grad_t, ts, adv, prior = torch.zeros_like(x), [], 0.0, 0.0
-        for k, teacher in enumerate(self.teachers):
-            g_k, t_k, logs_k = teacher_side(teacher, x, s_pair[k], y, self.lc, len(self.teachers), self.amp())
-            grad_t += g_k
-            ts.append(t_k)
-            adv, prior = adv + logs_k["adv"], prior + logs_k["prior"]
-        t = torch.stack(ts)
+        k = self.pool.num_teachers
+        s_pair = s.expand(k, *s.shape[1:]) if s.shape[0] == 1 else s
+        # 1. teacher side: one call per teacher (group) returns sum_k g_k and the logits t_k
+        grad_t, t, logs_t = self.pool.generator_side(x.detach(), s_pair.detach(), y)
+        grad_t, t = grad_t.to(x.device), t.to(x.device)
+        adv, prior = logs_t["adv"] / k, logs_t["prior"] / k
         # 2. student side: d/dx of -w_adv D(s, t) through the student only (t fixed)
         loss_s = student_side(s, t, self.lc)
         grad_s = torch.autograd.grad(loss_s, x)[0] if loss_s.requires_grad else torch.zeros_like(x)
-        total = loss_s.item() + prior / len(ts)
+        total = loss_s.item() + prior
         self._check_finite(torch.tensor(total), "generator")
         # 3. back-propagate the summed input gradient into G and step it
         self.opt_g.zero_grad(set_to_none=True)
@@ -162,15 +189,18 @@ class Distiller(nn.Module):
         self.opt_g.step()
         if self.ema is not None:
             self.ema.update_parameters(self.generator)
-        return {"loss_g": total, "g_adv": adv / len(ts), "g_prior": prior / len(ts)}
+        return {"loss_g": total, "g_adv": adv, "g_prior": prior}
 
     def train_iteration(self) -> dict[str, float]:
         """student_steps student steps on fresh samples, then one generator step; schedulers step per iteration."""
         self.student.train()
         self.generator.train()
         logs: dict[str, float] = {}
-        for _ in range(self.cfg.train.student_steps):
-            for key, v in self.student_step().items():
+        # G is fixed during the student phase, so all its batches are drawn first and the pool answers them
+        # in one call per teacher group, streaming each batch's targets while earlier steps run.
+        batches = [self.student_batch() for _ in range(self.cfg.train.student_steps)]
+        for (x, y), tgt in zip(batches, self.pool.targets([x for x, _ in batches])):
+            for key, v in self.student_step(x, y, tgt).items():
                 logs[key] = logs.get(key, 0.0) + v / self.cfg.train.student_steps
         logs.update(self.generator_step())
         self.sched_s.step()

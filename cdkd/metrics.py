@@ -1,4 +1,7 @@
-"""Metrics as Parquet: rows are buffered and written as one part file per flush (at each checkpoint)."""
+"""Metrics as Parquet: rows are buffered and written as one part file per flush (at each checkpoint).
+
+The same scalars also go to TensorBoard event files (`<dir>/tensorboard`) when tensorboardX is installed.
+"""
 from __future__ import annotations
 
 import glob
@@ -9,13 +12,25 @@ import pyarrow.parquet as pq
 
 
 class MetricsWriter:
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, tensorboard: bool = False) -> None:
         self.directory = directory
         self.rows: list[dict[str, float]] = []
         os.makedirs(directory, exist_ok=True)
+        self.tb = None
+        if tensorboard:
+            try:
+                from tensorboardX import SummaryWriter
+                self.tb = SummaryWriter(os.path.join(directory, "tensorboard"), flush_secs=30)
+            except ImportError:
+                pass
 
     def log(self, row: dict[str, float]) -> None:
         self.rows.append(row)
+        if self.tb is not None:
+            step = int(row["iteration"])
+            for key, value in row.items():
+                if key != "iteration":
+                    self.tb.add_scalar(key, value, step)
 
     def flush(self) -> None:
         if not self.rows:
@@ -26,6 +41,8 @@ class MetricsWriter:
         pq.write_table(table, path + ".tmp")
         os.replace(path + ".tmp", path)
         self.rows = []
+        if self.tb is not None:
+            self.tb.flush()
 
     def drop_after(self, iteration: int) -> None:
         """On resume: remove parts written past the checkpoint (they will be written again)."""

@@ -25,13 +25,17 @@ class Registry:
     def __contains__(self, name: str) -> bool:
         return name in self._entries
 
-    def build(self, name: str, **kwargs: Any) -> Any:
+    def get(self, name: str) -> Callable[..., Any]:
+        """The factory registered under `name` (to inspect its signature); unknown names raise ConfigError."""
         if name not in self._entries:
             close = difflib.get_close_matches(name, self._entries, n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(self.names())}"
             from .errors import ConfigError
             raise ConfigError(f"unknown {self.kind} {name!r}{hint}")
-        return self._entries[name](**kwargs)
+        return self._entries[name]
+
+    def build(self, name: str, **kwargs: Any) -> Any:
+        return self.get(name)(**kwargs)
 
 
 MODELS = Registry("model")

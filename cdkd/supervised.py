@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import time
 from typing import Callable
 
 import torch
@@ -76,8 +75,3 @@ def subset(ds: Dataset, n: int, seed: int = 0) -> TensorDataset:
     xs, ys = zip(*(ds[int(i)] for i in idx))
     return TensorDataset(torch.stack(xs), torch.as_tensor(ys))
 
-
-def timed(fn: Callable[[], float]) -> tuple[float, float]:
-    t0 = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0

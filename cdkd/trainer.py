@@ -10,9 +10,10 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 from torchvision.utils import save_image
 
@@ -27,6 +28,7 @@ from .models import create_model, num_params
 from .registry import MODELS
 from .progress import Progress
 from .supervised import predictions
+from .teacher_pool import TeacherGroup, TeacherPool
 from .teachers import load_teacher, validate_teachers
 
 
@@ -48,21 +50,34 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build(cfg: Config, with_data: bool = True) -> Run:
-    """Validate all input and construct teachers, student, generator and engine (no training yet)."""
+def build(cfg: Config, with_data: bool = True, pool: TeacherPool | None = None,
+          device: torch.device | None = None) -> Run:
+    """Validate all input and construct teachers, student, generator and engine (no training yet).
+
+    Without `pool` the teachers are loaded in this process; a Ray teacher pool arrives already validated.
+    """
     torch.set_flush_denormal(True)  # denormals in small late-training activations cost up to 4x on CPU
-    torch.manual_seed(cfg.train.seed)
-    device = pick_device(cfg.train.device)
+    device = device or pick_device(cfg.train.device)
     if not cfg.teachers:
         raise ConfigError("no teachers configured (teachers: [{path: ...}, ...])")
     data = load_data(cfg.data.name, cfg.data.root, cfg.data.download) if with_data else None
-    teachers = [load_teacher(spec) for spec in cfg.teachers]
-    num_classes, shape = validate_teachers(teachers, data.input_shape if data else None)
+    if pool is None:
+        teachers = [load_teacher(spec) for spec in cfg.teachers]
+        num_classes, shape = validate_teachers(teachers, data.input_shape if data else None)
+        pool = TeacherGroup(teachers)
+        names, teacher_params = [t.name for t in teachers], sum(num_params(t.model) for t in teachers)
+    else:
+        num_classes, shape = pool.num_classes, pool.input_shape
+        names, teacher_params = pool.names, pool.params
+        if data is not None and tuple(data.input_shape) != tuple(shape):
+            raise CdkdError(f"teachers expect input {tuple(shape)} but data set {cfg.data.name!r} has "
+                            f"{tuple(data.input_shape)}")
     if data is not None and data.num_classes != num_classes:
         raise CdkdError(f"teachers predict {num_classes} classes but data set {cfg.data.name!r} has {data.num_classes}")
+    torch.manual_seed(cfg.train.seed)  # after loading teachers: their construction must not shift the student's init
     student_kwargs = {"num_classes": num_classes, "in_chans": shape[0], **cfg.model.student_kwargs}
-    if "num_headers" in inspect.signature(MODELS._entries.get(cfg.model.student, lambda: None)).parameters:
-        student_kwargs.setdefault("num_headers", len(teachers))  # header k imitates teacher k
+    if "num_headers" in inspect.signature(MODELS.get(cfg.model.student)).parameters:
+        student_kwargs.setdefault("num_headers", pool.num_teachers)  # header k imitates teacher k
     student = create_model(cfg.model.student, **student_kwargs)
     gen_kwargs = dict(nz=cfg.model.nz, ngf=cfg.model.ngf, img_size=shape[-1], nc=shape[0])
     if cfg.model.generator.startswith("cond"):
@@ -72,9 +87,9 @@ def build(cfg: Config, with_data: bool = True) -> Run:
         generator = generator.to(memory_format=torch.channels_last)
         if cfg.train.amp_scope == "all":
             student = student.to(memory_format=torch.channels_last)
-    distiller = Distiller(cfg, teachers, student, generator, num_classes).to(device)
+    distiller = Distiller(cfg, pool, student, generator, num_classes).to(device)
     info = {"num_classes": num_classes, "student_params": num_params(distiller.student),
-            "teacher_params": sum(num_params(t.model) for t in teachers), "teachers": [t.name for t in teachers]}
+            "teacher_params": teacher_params, "teachers": names}
     return Run(cfg, distiller, data, shape, device, info)
 
 
@@ -82,8 +97,7 @@ def build(cfg: Config, with_data: bool = True) -> Run:
 def evaluate(run: Run, aggregator: nn.Module | None = None) -> dict[str, Any]:
     """Test accuracy of each teacher, the teacher ensemble (mean logits), the student and its headers."""
     d, dev = run.distiller, run.device
-    teacher_logits, y = predictions(lambda x: torch.stack([t(x).logits for t in d.teachers]), run.data.test,
-                                    device=dev)
+    teacher_logits, y = predictions(lambda x: d.pool.logits(x).to(x.device), run.data.test, device=dev)
     d.student.eval()
     s, _ = predictions(d.student, run.data.test, device=dev)
     d.student.train()
@@ -95,56 +109,108 @@ def evaluate(run: Run, aggregator: nn.Module | None = None) -> dict[str, Any]:
     return out
 
 
-def train(run: Run, resume: bool = False) -> dict[str, Any]:
-    """Run (or continue) the distillation; returns the final result dict, also written to result.json."""
-    cfg, d = run.cfg, run.distiller
+class CheckpointStore(Protocol):
+    """Where run checkpoints go: a local file (`FileCheckpoints`) or Ray Train (`cdkd.distributed`)."""
+    location: str
+
+    def exists(self) -> bool: ...
+    def load(self) -> dict[str, Any] | None: ...
+    def save(self, state: dict[str, Any] | None, metrics: dict[str, float]) -> None: ...
+
+
+class FileCheckpoints:
+    """One atomically replaced file, `<run_dir>/checkpoints/last.pt`."""
+
+    def __init__(self, path: str) -> None:
+        self.location = path
+
+    def exists(self) -> bool:
+        return os.path.exists(self.location)
+
+    def load(self) -> dict[str, Any] | None:
+        return load_run_checkpoint(self.location) if self.exists() else None
+
+    def save(self, state: dict[str, Any] | None, metrics: dict[str, float]) -> None:
+        if state is not None:
+            atomic_save(state, self.location)
+
+
+def default_run_dir(cfg: Config) -> str:
     if not cfg.run_dir:
         cfg.run_dir = os.path.join("runs", f"{cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}")
-    rd = cfg.run_dir
-    ckpt_path = os.path.join(rd, "checkpoints", "last.pt")
-    if os.path.exists(ckpt_path) and not resume:
+    return cfg.run_dir
+
+
+def train(run: Run, resume: bool = False, store: CheckpointStore | None = None) -> dict[str, Any]:
+    """Run (or continue) the distillation; returns the final result dict, also written to result.json.
+
+    Under DDP every rank calls this; rank 0 alone writes metrics, samples and results (others return {}).
+    """
+    cfg, d = run.cfg, run.distiller
+    rd = default_run_dir(cfg)
+    main = d.rank == 0
+    store = store or FileCheckpoints(os.path.join(rd, "checkpoints", "last.pt"))
+    if store.exists() and not resume:
         raise CdkdError(f"{rd} already holds a run; pass --resume to continue it or choose another run_dir")
-    metrics = MetricsWriter(os.path.join(rd, "metrics"))
-    if resume and os.path.exists(ckpt_path):
-        state = load_run_checkpoint(ckpt_path)
+    metrics = MetricsWriter(os.path.join(rd, "metrics"), tensorboard=main) if main else None
+    state = store.load() if resume else None
+    if state is not None:
         d.load_state(state["engine"])
         set_rng_state(state["rng"])
-        metrics.drop_after(d.step)
+        if metrics:
+            metrics.drop_after(d.step)
         print(f"[cdkd] resumed {rd} at iteration {d.step}")
-    os.makedirs(os.path.join(rd, "samples"), exist_ok=True)
-    with open(os.path.join(rd, "config.yaml"), "w") as f:
-        f.write(cfg.to_yaml())
+    if main:
+        os.makedirs(os.path.join(rd, "samples"), exist_ok=True)
+        with open(os.path.join(rd, "config.yaml"), "w") as f:
+            f.write(cfg.to_yaml())
+    last: dict[str, float] = {}
 
     def checkpoint() -> None:
-        atomic_save({"engine": d.state(), "rng": rng_state(), "config": cfg.to_dict()}, ckpt_path)
-        metrics.flush()
+        if metrics:
+            metrics.flush()
+        store.save({"engine": d.state(), "rng": rng_state(), "config": cfg.to_dict()} if main else None,
+                   {"iteration": d.step, **last})
 
     t = cfg.train
-    progress = Progress(t.iterations, cfg.method, start=d.step, log_every=t.log_every)
+    progress = Progress(t.iterations, cfg.method, start=d.step, log_every=t.log_every) if main else None
     t0, stopped = time.perf_counter(), None
     while d.step < t.iterations:
         try:
             logs = d.train_iteration()
         except NonFiniteLossError as e:
-            raise NonFiniteLossError(f"{e}; last good checkpoint: {ckpt_path}") from None
+            raise NonFiniteLossError(f"{e}; last good checkpoint: {store.location}") from None
         it = d.step
         elapsed = time.perf_counter() - t0
-        if t.eval_every and it % t.eval_every == 0 and run.data is not None:
-            logs["student_acc"] = evaluate(run)["student_acc"]
-        metrics.log({"iteration": it, "time_s": elapsed, **logs})
-        progress.update(logs)
-        if it % t.sample_every == 0 or it == t.iterations:
-            save_samples(d, os.path.join(rd, "samples", f"iter_{it:06d}.png"))
+        last = logs
+        if main:
+            if t.eval_every and it % t.eval_every == 0 and run.data is not None:
+                logs["student_acc"] = evaluate(run)["student_acc"]
+            metrics.log({"iteration": it, "time_s": elapsed, **logs})
+            progress.update(logs)
+            if it % t.sample_every == 0 or it == t.iterations:
+                save_samples(d, os.path.join(rd, "samples", f"iter_{it:06d}.png"))
         if it % t.ckpt_every == 0:
             checkpoint()
-        if t.budget_s and elapsed > t.budget_s and it < t.iterations:
+        if t.budget_s and over_budget(elapsed > t.budget_s, d.world_size) and it < t.iterations:
             stopped = f"time budget of {t.budget_s:.0f}s reached at iteration {it}"
             print(f"[cdkd] {stopped}")
             break
-    progress.close()
     wall = time.perf_counter() - t0
-    checkpoint()
-    return finish(run, wall, stopped)
+    if progress:
+        progress.close()
+    if d.step % t.ckpt_every or stopped or not d.step:
+        checkpoint()
+    return finish(run, wall, stopped) if main else {}
+
+
+def over_budget(local: bool, world_size: int) -> bool:
+    """Rank 0's clock decides for all ranks, so DDP workers stop at the same iteration."""
+    if world_size == 1:
+        return local
+    flag = torch.tensor([float(local)])
+    dist.broadcast(flag, 0)
+    return bool(flag.item())
 
 
 @torch.no_grad()

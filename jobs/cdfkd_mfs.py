@@ -1,8 +1,14 @@
 """Data-free distillation of a teacher ensemble into a multi-header student (CDFKD-MFS and presets).
 
+A Ray job: it joins the cluster in RAY_ADDRESS (`ray job submit` sets it) or starts a local one, and trains
+with Ray Train workers (`distributed.workers`, DDP) and teachers in each worker or in Ray actors
+(`distributed.teacher_pool=ray`). `--distributed.workers=0` runs the engine in this process (no Ray needed
+unless the teachers are Ray actors).
+
     python jobs/cdfkd_mfs.py                              # the MNIST demo (trains or reuses 3 LeNet-5 teachers)
     python jobs/cdfkd_mfs.py --config jobs/configs/mnist.yaml --train.iterations=500 --method=mad
     python jobs/cdfkd_mfs.py --config FILE --run_dir=runs/x --resume
+    ray job submit --working-dir . -- python jobs/cdfkd_mfs.py --config FILE --distributed.teacher_pool=ray
 """
 from __future__ import annotations
 
@@ -16,7 +22,33 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from cdkd.config import load_config, make_config  # noqa: E402
 from cdkd.demo import demo_config  # noqa: E402
 from cdkd.errors import CdkdError  # noqa: E402
+from cdkd.config import Config  # noqa: E402
 from cdkd.trainer import build, format_table, train  # noqa: E402
+
+
+def distill(cfg: Config, resume: bool) -> dict:
+    """In this process (workers=0) or through Ray Train; teachers local or in Ray actors."""
+    dc = cfg.distributed
+    if dc.workers == 0 and dc.teacher_pool == "local":
+        return train(build(cfg), resume=resume)
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise CdkdError("ray is not installed: pip install 'ray[default,train,tune]', or run in this process "
+                        "with --distributed.workers=0 --distributed.teacher_pool=local") from None
+    if dc.workers == 0:
+        from cdkd.distributed.teacher_actors import RayTeacherPool
+        from cdkd.distributed.train import absolute_paths
+        import ray
+        cfg = absolute_paths(cfg)
+        ray.init()
+        pool = RayTeacherPool(cfg.teachers, dc)
+        try:
+            return train(build(cfg, pool=pool), resume=resume)
+        finally:
+            pool.shutdown()
+    from cdkd.distributed.job import run_on_ray
+    return run_on_ray(cfg, resume=resume, threads=max(1, int(dc.cpus_per_worker)))
 
 
 def main(argv: list[str]) -> int:
@@ -36,15 +68,16 @@ def main(argv: list[str]) -> int:
         else:
             make_config({}, overrides)  # validate the overrides before training any teacher
             cfg = make_config(demo_config(data_root=args.data_dir), overrides)
-        run = build(cfg)
-        result = train(run, resume=args.resume)
+        result = distill(cfg, args.resume)
     except CdkdError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_table(result))
     rd = cfg.run_dir
-    print(f"run directory: {rd}\n  checkpoint: {rd}/checkpoints/last.pt\n  metrics: {rd}/metrics/*.parquet\n"
-          f"  samples: {rd}/samples/\n  exported student: {result['exported_student']}\n  result: {rd}/result.json")
+    ckpt = result.get("ray_checkpoint") or f"{rd}/checkpoints/last.pt"
+    print(f"run directory: {rd}\n  checkpoint: {ckpt}\n  metrics: {rd}/metrics/*.parquet (TensorBoard: "
+          f"{rd}/metrics/tensorboard)\n  samples: {rd}/samples/\n  exported student: {result['exported_student']}\n"
+          f"  result: {rd}/result.json")
     print("RESULT " + json.dumps(result))
     return 0
 

@@ -1,10 +1,17 @@
 import os
+import secrets
 
-import pytest
-import torch
+# Ray reads its auth settings once per process, so they are set here, before any test module imports ray:
+# token authentication (Ray's default for clusters) with one fresh token for every process of the session.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-from cdkd.models import create_model
-from cdkd.teachers import save_classifier
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from cdkd.models import create_model  # noqa: E402
+from cdkd.teachers import save_classifier  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(REPO, "..", "shared", "datasets")

@@ -10,7 +10,7 @@ def test_presets_are_configurations_of_one_config():
     mad = make_config({"method": "mad"})
     assert mad.train.ema and mad.loss.adv_loss == "kl"
     cgdd = make_config({"method": "cgdd"})
-    assert cgdd.model.generator == "cond_generator32" and cgdd.loss.w_at == 250.0
+    assert cgdd.model.generator == "cond_generator32" and cgdd.loss.w_at == 25.0
     assert set(PRESETS) == {"cdfkd_mfs", "ddad", "mad", "cgdd"}
 
 

@@ -63,7 +63,7 @@ def test_teacher_problems(tmp_path, teacher_paths, data_root):
 
 def test_job_runs_and_reports(tmp_path, teacher_paths, data_root):
     proc = run_job("--config", write_config(tmp_path, teacher_paths, run_dir=str(tmp_path / "run")),
-                   "--data-dir", data_root, "--model.ngf=8", "--train.log_every=1", cwd=tmp_path)
+                   "--data-dir", data_root, "--model.ngf=8", "--train.log_every=1", "--distributed.workers=0", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "student (mean of headers)" in proc.stdout and "[cdfkd_mfs] 2/2" in proc.stdout
     assert os.path.exists(tmp_path / "run" / "student.pt2")

@@ -85,8 +85,11 @@ class MultiHeaderStudent(nn.Module):
     def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
         return torch.stack([h.classifier(f) for h, f in zip(self.headers, feats)])  # (K, B, C)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x)[1])
+    def forward(self, x: torch.Tensor, features: bool = False):
+        """Logits (K, B, C); with `features`, (stages, pooled (K, B, D), logits) from one call (as DDP needs)."""
+        stages, feats = self.forward_features(x)
+        s = self.forward_head(feats)
+        return (stages, feats, s) if features else s
 
 
 class SingleHeadStudent(nn.Module):
@@ -106,8 +109,11 @@ class SingleHeadStudent(nn.Module):
     def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
         return self.model.forward_head(feats[0]).unsqueeze(0)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x)[1])
+    def forward(self, x: torch.Tensor, features: bool = False):
+        """Logits (K, B, C); with `features`, (stages, pooled (K, B, D), logits) from one call (as DDP needs)."""
+        stages, feats = self.forward_features(x)
+        s = self.forward_head(feats)
+        return (stages, feats, s) if features else s
 
 
 def as_student(model: nn.Module) -> nn.Module:

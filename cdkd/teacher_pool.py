@@ -1,0 +1,132 @@
+"""The teachers as the engine sees them: one interface, answered in-process or by Ray actors.
+
+The engine asks the pool three things (spec 7):
+- `targets(xs)`: no-grad targets for all student batches of one iteration, one `Targets` per batch, yielded
+  in order so a remote pool can stream them while the student is still stepping;
+- `generator_side(x, s, y)`: the one-round-trip generator call of spec 7.2, returning the summed teacher-side
+  input gradient sum_k g_k and the teacher logits t (K, B, C);
+- `logits(x)`: plain no-grad logits (K, B, C) for evaluation.
+
+`TeacherGroup` answers them for the teachers of one process. It *is* the in-process pool, and each Ray
+teacher actor (`cdkd.distributed.teacher_actors`) hosts one, so the two pools cannot differ in what they compute.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Protocol
+
+import torch
+import torch.nn as nn
+
+from .config import LossConfig
+from .losses import attention_map
+from .objectives import Targets, teacher_side
+from .teachers import Teacher
+
+
+@dataclass
+class PoolSpec:
+    """What the engine needs from the teachers; fixed once the student is known (`Distiller` sets it)."""
+    loss: LossConfig = field(default_factory=LossConfig)
+    num_teachers: int = 1            # K of the whole pool: the 1/K of each teacher's share
+    use_feat: bool = False           # send pooled features with the targets
+    at_stages: int = 0               # send attention maps of the first `at_stages` stages
+    amp: str = "none"                # autocast dtype for teacher forwards: bf16 | fp16 | none
+
+
+class TeacherPool(Protocol):
+    num_teachers: int
+
+    def configure(self, spec: PoolSpec) -> None: ...
+    def describe(self, x: torch.Tensor) -> list[dict[str, Any]]: ...
+    def targets(self, xs: list[torch.Tensor]) -> Iterator[Targets]: ...
+    def generator_side(self, x: torch.Tensor, s: torch.Tensor, y: torch.Tensor | None
+                       ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]: ...
+    def logits(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+def merge_targets(parts: list[Targets]) -> Targets:
+    """Concatenate the targets of disjoint teacher groups along the teacher axis (in group order)."""
+    if len(parts) == 1:
+        return parts[0]
+    pooled = torch.cat([p.pooled for p in parts]) if parts[0].pooled is not None else None
+    maps = [torch.cat([p.maps[j] for p in parts]) for j in range(len(parts[0].maps))] if parts[0].maps else None
+    return Targets(torch.cat([p.logits for p in parts]), pooled, maps)
+
+
+class TeacherGroup(nn.Module):
+    """Frozen teachers of one process; the in-process `TeacherPool`. Stateless between calls."""
+
+    def __init__(self, teachers: list[Teacher], spec: PoolSpec | None = None) -> None:
+        super().__init__()
+        self.teachers = nn.ModuleList(teachers)
+        self.num_teachers = len(teachers)
+        self.spec = spec or PoolSpec(num_teachers=len(teachers))
+
+    def configure(self, spec: PoolSpec) -> None:
+        self.spec = spec
+
+    @property
+    def device(self) -> torch.device:
+        p = next(self.teachers[0].parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+
+    def _amp(self) -> torch.autocast | nullcontext:
+        dev = self.device.type
+        if self.spec.amp == "bf16":
+            return torch.autocast(dev, dtype=torch.bfloat16)
+        if self.spec.amp == "fp16" and dev == "cuda":
+            return torch.autocast(dev, dtype=torch.float16)
+        return nullcontext()
+
+    @torch.no_grad()
+    def describe(self, x: torch.Tensor) -> list[dict[str, Any]]:
+        """Per teacher: class count, pooled-feature dim and stage map sizes (to pair losses before training)."""
+        out = []
+        for t in self.teachers:
+            o = t(x.to(self.device))
+            out.append({"name": t.name, "num_classes": o.logits.shape[-1],
+                        "pooled_dim": o.pooled.shape[-1] if o.pooled is not None else None,
+                        "stage_sizes": [tuple(a.shape[-2:]) for a in o.stages],
+                        "params": sum(p.numel() for p in t.parameters())})
+        return out
+
+    @torch.no_grad()
+    def _targets(self, x: torch.Tensor) -> Targets:
+        x = x.to(self.device)
+        with self._amp():
+            outs = [t(x) for t in self.teachers]
+        logits = torch.stack([o.logits.float() for o in outs])
+        pooled = torch.stack([o.pooled.float() for o in outs]) if self.spec.use_feat else None
+        maps = None
+        if self.spec.at_stages:
+            maps = [torch.stack([attention_map(o.stages[j].float()) for o in outs]) for j in range(self.spec.at_stages)]
+        return Targets(logits, pooled, maps)
+
+    def targets(self, xs: list[torch.Tensor]) -> Iterator[Targets]:
+        """Targets of each batch in `xs`, computed lazily as the caller consumes them."""
+        for x in xs:
+            yield self._targets(x)
+
+    def generator_side(self, x: torch.Tensor, s: torch.Tensor, y: torch.Tensor | None
+                       ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        """sum_k g_k over this group's teachers, their logits t (K_group, B, C), summed adv/prior for logging.
+
+        `s` holds the student logits paired with these teachers, (K_group, B, C), detached.
+        """
+        dev = self.device
+        x, s = x.detach().to(dev), s.detach().to(dev)
+        y = y.to(dev) if y is not None else None
+        grad, ts, adv, prior = torch.zeros_like(x), [], 0.0, 0.0
+        for k, teacher in enumerate(self.teachers):
+            g_k, t_k, logs = teacher_side(teacher, x, s[k], y, self.spec.loss, self.spec.num_teachers, self._amp())
+            grad += g_k
+            ts.append(t_k)
+            adv, prior = adv + logs["adv"], prior + logs["prior"]
+        return grad, torch.stack(ts), {"adv": adv, "prior": prior}
+
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device)
+        return torch.stack([t(x).logits.float() for t in self.teachers])
