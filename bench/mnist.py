@@ -37,6 +37,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--teachers", choices=("local", "ray"), default="local", help="in-process teachers or Ray actors")
     p.add_argument("--teacher-cpus", type=float, default=0.5, help="CPU share per teacher actor (--teachers ray)")
+    p.add_argument("--teacher-actors", type=int, default=0, help="actors for the 3 teachers (0 = one per teacher)")
     args, overrides = p.parse_known_args()
     data = load_data("mnist", args.data_dir)
     paths = ensure_teachers(data, "mnist", "lenet5", [0, 1, 2], args.teacher_dir)
@@ -55,7 +56,8 @@ def main() -> None:
         from cdkd.distributed.teacher_actors import RayTeacherPool
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         pool = RayTeacherPool([TeacherSpec(path=os.path.abspath(q)) for q in paths],
-                              DistributedConfig(teacher_pool="ray", teacher_cpus=args.teacher_cpus))
+                              DistributedConfig(teacher_pool="ray", teacher_cpus=args.teacher_cpus,
+                                                teacher_actors=args.teacher_actors))
     probe = build(config(args.max_iterations, "calibration"), pool=pool)
     probe.distiller.train_iteration()
     t0 = time.perf_counter()
@@ -77,15 +79,16 @@ def main() -> None:
                       "iterations": result["iterations"], "s_per_iteration": round(result["distill_wall_s"] /
                                                                                   max(result["iterations"], 1), 3),
                       "it_per_s": round(result["iterations"] / result["distill_wall_s"], 3),
-                      "teachers": args.teachers, **teacher_time(pool, result), "run_dir": run_dir}), flush=True)
+                      "teachers": args.teachers, **teacher_time(pool, result, args), "run_dir": run_dir}), flush=True)
 
 
-def teacher_time(pool, result) -> dict:
+def teacher_time(pool, result, args) -> dict:
     """Seconds per iteration spent serialising inputs, waiting on actors, and computing inside the slowest actor."""
     if pool is None:
         return {}
     n = max(result["iterations"], 1)
-    return {f"teacher_{k}_per_it": round(v / n, 4) for k, v in pool.stats.items() if k != "calls"}
+    return {"teacher_actors": len(pool.actors), "teacher_cpus": args.teacher_cpus,
+            **{f"teacher_{k}_per_it": round(v / n, 4) for k, v in pool.stats.items() if k != "calls"}}
 
 
 if __name__ == "__main__":
