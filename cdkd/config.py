@@ -121,6 +121,7 @@ class DistributedConfig:
     teacher_gpus: float = 0.0         # per actor; fractions share a GPU
     teacher_resources: dict = field(default_factory=dict)  # extra (custom) resources per teacher actor
     placement: str = "SPREAD"         # placement-group strategy of the teacher actors
+    sync_bn: bool = False             # SyncBatchNorm in the generator across workers (GPU workers only)
     max_failures: int = 0             # Ray Train worker-group restarts from the last checkpoint
     num_to_keep: int = 2              # Ray Train checkpoints kept
 
@@ -290,6 +291,9 @@ def validate(cfg: Config) -> None:
     for section, key in NON_NEGATIVE:
         if getattr(getattr(cfg, section), key) < 0:
             raise ConfigError(f"config {section}.{key} must be >= 0, got {getattr(getattr(cfg, section), key)}")
+    if cfg.distributed.sync_bn and not cfg.distributed.use_gpu:
+        raise ConfigError("config distributed.sync_bn needs distributed.use_gpu=true (torch's SyncBatchNorm is "
+                          "CUDA-only)")
     for f in dataclasses.fields(LossConfig):
         if f.type == "float" and getattr(cfg.loss, f.name) < 0:
             raise ConfigError(f"config loss.{f.name} must be >= 0")

@@ -100,13 +100,20 @@ class Distiller(nn.Module):
         """The in-process teachers (only for an in-process pool)."""
         return list(self.pool.teachers)
 
-    def enable_ddp(self) -> None:
-        """Wrap student and generator in DDP over the initialised process group; batches become per-rank shards."""
+    def enable_ddp(self, sync_bn: bool = False) -> None:
+        """Wrap student and generator in DDP over the initialised process group; batches become per-rank shards.
+
+        `sync_bn` gives the generator SyncBatchNorm (its BN statistics over the global batch; CUDA only in torch).
+        """
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         if self.cfg.train.batch_size % self.world_size:
             raise ConfigError(f"train.batch_size={self.cfg.train.batch_size} is not divisible by "
                               f"{self.world_size} workers")
         dev = next(self.student.parameters()).device
+        if sync_bn:
+            if dev.type != "cuda":
+                raise ConfigError("distributed.sync_bn needs GPU workers (torch's SyncBatchNorm is CUDA-only)")
+            self.generator = nn.SyncBatchNorm.convert_sync_batchnorm(self.generator)  # same Parameter objects
         ids = [dev.index] if dev.type == "cuda" else None
         object.__setattr__(self, "student_fwd", DDP(self.student, device_ids=ids))
         object.__setattr__(self, "generator_fwd", DDP(self.generator, device_ids=ids))

@@ -45,6 +45,10 @@ def test_int_accepted_for_float():
     ("--train.ema_momentum=1.5", "ema_momentum"),
     ("--train.iterations=2.5", "expected int"),
     ("train.batch_size", "--section.key=value"),
+    ("--distributed.workers=-1", "distributed.workers must be >= 0"),
+    ("--distributed.teacher_pool=gpu", "choose one of local, ray"),
+    ("--distributed.placement=RANDOM", "choose one of PACK"),
+    ("--distributed.sync_bn=true", "sync_bn needs distributed.use_gpu=true"),
 ])
 def test_bad_values_raise(override, message):
     with pytest.raises(ConfigError, match=message):

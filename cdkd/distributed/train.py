@@ -67,7 +67,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device() if cfg.distributed.use_gpu else torch.device("cpu")
     run = build(cfg, with_data=rank == 0 and config.get("with_data", True), pool=config.get("pool"), device=device)
     if world > 1:
-        run.distiller.enable_ddp()
+        run.distiller.enable_ddp(sync_bn=cfg.distributed.sync_bn)
     train(run, resume=True, store=RayTrainCheckpoints())  # rank 0 writes result.json into the run directory
 
 
