@@ -88,7 +88,7 @@ def teacher_time(pool, result, args) -> dict:
         return {}
     n = max(result["iterations"], 1)
     return {"teacher_actors": len(pool.actors), "teacher_cpus": args.teacher_cpus,
-            **{f"teacher_{k}_per_it": round(v / n, 4) for k, v in pool.stats.items() if k != "calls"}}
+            **{f"teacher_{k}_per_it": round(v / n, 4) for k, v in pool.stats.items()}}
 
 
 if __name__ == "__main__":

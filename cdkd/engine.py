@@ -19,7 +19,7 @@ from .config import Config
 from .errors import ConfigError, NonFiniteLossError
 from .models.students import as_student
 from .objectives import Targets, student_objective, student_side
-from .teacher_pool import PoolSpec, TeacherGroup, TeacherPool
+from .teacher_pool import PoolSpec, TeacherGroup, TeacherPool, autocast
 from .teachers import Teacher
 
 
@@ -120,14 +120,9 @@ class Distiller(nn.Module):
 
     def amp(self, part: str = "all") -> torch.autocast | nullcontext:
         """Autocast for `part` ('generator' or 'all' = student and teachers) if the config's amp_scope covers it."""
-        dev = next(self.student.parameters()).device.type
         if part != "generator" and self.cfg.train.amp_scope == "generator":
             return nullcontext()
-        if self.cfg.train.amp == "bf16":
-            return torch.autocast(dev, dtype=torch.bfloat16)
-        if self.cfg.train.amp == "fp16" and dev == "cuda":
-            return torch.autocast(dev, dtype=torch.float16)
-        return nullcontext()
+        return autocast(next(self.student.parameters()).device.type, self.cfg.train.amp)
 
     def sample(self, generator: nn.Module, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x = G(z[, y]) with z ~ N(0, I) and, for a conditional G, class-balanced preset labels y.
@@ -160,9 +155,7 @@ class Distiller(nn.Module):
         return x, y
 
     def student_step(self, x: torch.Tensor, y: torch.Tensor | None, tgt: Targets) -> dict[str, float]:
-        dev = x.device
-        tgt = Targets(tgt.logits.to(dev), tgt.pooled.to(dev) if tgt.pooled is not None else None,
-                      [m.to(dev) for m in tgt.maps] if tgt.maps else None)
+        tgt = tgt.to(x.device)
         with self.amp():
             stages, feats, s = self.student_fwd(x, features=True)
         loss, logs = student_objective(s.float(), feats.float(), stages[:self.at_stages], tgt, y, self.lc)

@@ -22,6 +22,10 @@ class Targets:
     pooled: torch.Tensor | None = None         # (K, B, D)
     maps: list[torch.Tensor] | None = None     # per stage j: (K, B, H_j*W_j) attention maps
 
+    def to(self, device: torch.device | str) -> "Targets":
+        return Targets(self.logits.to(device), self.pooled.to(device) if self.pooled is not None else None,
+                       [m.to(device) for m in self.maps] if self.maps else None)
+
 
 def discrepancy(s: torch.Tensor, t: torch.Tensor, kind: str, temperature: float = 1.0) -> torch.Tensor:
     """(1/K) sum_k D(s_k, t_k) for paired (K, B, C) logits; D is L1 (DFAD/CDFKD-MFS) or KL(t||s) (ABM/MAD)."""

@@ -46,6 +46,15 @@ class TeacherPool(Protocol):
     def logits(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
+def autocast(device_type: str, amp: str) -> torch.autocast | nullcontext:
+    """The autocast context of config value `amp` (bf16 | fp16 | none); fp16 only on CUDA."""
+    if amp == "bf16":
+        return torch.autocast(device_type, dtype=torch.bfloat16)
+    if amp == "fp16" and device_type == "cuda":
+        return torch.autocast(device_type, dtype=torch.float16)
+    return nullcontext()
+
+
 def merge_targets(parts: list[Targets]) -> Targets:
     """Concatenate the targets of disjoint teacher groups along the teacher axis (in group order)."""
     if len(parts) == 1:
@@ -73,24 +82,14 @@ class TeacherGroup(nn.Module):
         return p.device if p is not None else torch.device("cpu")
 
     def _amp(self) -> torch.autocast | nullcontext:
-        dev = self.device.type
-        if self.spec.amp == "bf16":
-            return torch.autocast(dev, dtype=torch.bfloat16)
-        if self.spec.amp == "fp16" and dev == "cuda":
-            return torch.autocast(dev, dtype=torch.float16)
-        return nullcontext()
+        return autocast(self.device.type, self.spec.amp)
 
     @torch.no_grad()
     def describe(self, x: torch.Tensor) -> list[dict[str, Any]]:
-        """Per teacher: class count, pooled-feature dim and stage map sizes (to pair losses before training)."""
-        out = []
-        for t in self.teachers:
-            o = t(x.to(self.device))
-            out.append({"name": t.name, "num_classes": o.logits.shape[-1],
-                        "pooled_dim": o.pooled.shape[-1] if o.pooled is not None else None,
-                        "stage_sizes": [tuple(a.shape[-2:]) for a in o.stages],
-                        "params": sum(p.numel() for p in t.parameters())})
-        return out
+        """Per teacher: pooled-feature dim and stage map sizes (to pair losses before training)."""
+        outs = [t(x.to(self.device)) for t in self.teachers]
+        return [{"pooled_dim": o.pooled.shape[-1] if o.pooled is not None else None,
+                 "stage_sizes": [tuple(a.shape[-2:]) for a in o.stages]} for o in outs]
 
     @torch.no_grad()
     def _targets(self, x: torch.Tensor) -> Targets:

@@ -19,10 +19,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cdkd.config import load_config, make_config  # noqa: E402
+from cdkd.config import Config, load_config, make_config  # noqa: E402
 from cdkd.demo import demo_config  # noqa: E402
 from cdkd.errors import CdkdError  # noqa: E402
-from cdkd.config import Config  # noqa: E402
 from cdkd.trainer import build, format_table, train  # noqa: E402
 
 
@@ -36,17 +35,6 @@ def distill(cfg: Config, resume: bool) -> dict:
     except ImportError:
         raise CdkdError("ray is not installed: pip install 'ray[default,train,tune]', or run in this process "
                         "with --distributed.workers=0 --distributed.teacher_pool=local") from None
-    if dc.workers == 0:
-        from cdkd.distributed.teacher_actors import RayTeacherPool
-        from cdkd.distributed.train import absolute_paths
-        import ray
-        cfg = absolute_paths(cfg)
-        ray.init()
-        pool = RayTeacherPool(cfg.teachers, dc)
-        try:
-            return train(build(cfg, pool=pool), resume=resume)
-        finally:
-            pool.shutdown()
     from cdkd.distributed.job import run_on_ray
     return run_on_ray(cfg, resume=resume, threads=max(1, int(dc.cpus_per_worker)))
 

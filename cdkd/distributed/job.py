@@ -13,13 +13,14 @@ import ray
 
 from ..config import Config
 from ..errors import CdkdError
-from ..trainer import build
+from ..trainer import build, train
 from .teacher_actors import RayTeacherPool
 from .train import absolute_paths, make_trainer
 
 
 def run_on_ray(cfg: Config, resume: bool = False, threads: int = 0) -> dict[str, Any]:
-    """Distill with Ray Train workers (and Ray teacher actors if configured); returns rank 0's result."""
+    """Distill with Ray Train workers (or, with workers=0, in this process) and the teachers local or in Ray
+    actors; returns rank 0's result."""
     cfg = absolute_paths(cfg)
     dc = cfg.distributed
     if glob.glob(os.path.join(cfg.run_dir, "checkpoint_*")) and not resume:
@@ -35,6 +36,8 @@ def run_on_ray(cfg: Config, resume: bool = False, threads: int = 0) -> dict[str,
         pool = RayTeacherPool(cfg.teachers, dc)
         print(f"[cdkd] teacher actors: {pool.placement}")
     try:
+        if dc.workers == 0:  # the engine in this driver process, only the teachers on Ray
+            return train(build(cfg, pool=pool), resume=resume)
         if pool is not None:
             build(cfg, pool=pool)
         print(f"[cdkd] Ray Train: {dc.workers} worker(s), {'GPU' if dc.use_gpu else 'CPU'}, "

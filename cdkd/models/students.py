@@ -69,7 +69,17 @@ class BranchHeader(nn.Module):
         return self.proj(F.adaptive_avg_pool2d(self.branch(stages[-1]), 1).flatten(1))
 
 
-class MultiHeaderStudent(nn.Module):
+class StudentBase(nn.Module):
+    """What the engine calls on any student: forward_features (stages, pooled (K, B, D)) and forward_head."""
+
+    def forward(self, x: torch.Tensor, features: bool = False):
+        """Logits (K, B, C); with `features`, (stages, pooled (K, B, D), logits) from one call (as DDP needs)."""
+        stages, feats = self.forward_features(x)
+        s = self.forward_head(feats)
+        return (stages, feats, s) if features else s
+
+
+class MultiHeaderStudent(StudentBase):
     def __init__(self, trunk: nn.Module, headers: list[nn.Module], num_classes: int) -> None:
         super().__init__()
         self.trunk = trunk
@@ -85,14 +95,8 @@ class MultiHeaderStudent(nn.Module):
     def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
         return torch.stack([h.classifier(f) for h, f in zip(self.headers, feats)])  # (K, B, C)
 
-    def forward(self, x: torch.Tensor, features: bool = False):
-        """Logits (K, B, C); with `features`, (stages, pooled (K, B, D), logits) from one call (as DDP needs)."""
-        stages, feats = self.forward_features(x)
-        s = self.forward_head(feats)
-        return (stages, feats, s) if features else s
 
-
-class SingleHeadStudent(nn.Module):
+class SingleHeadStudent(StudentBase):
     """Presents any zoo classifier as a 1-header student, so one engine serves both kinds."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -108,12 +112,6 @@ class SingleHeadStudent(nn.Module):
 
     def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
         return self.model.forward_head(feats[0]).unsqueeze(0)
-
-    def forward(self, x: torch.Tensor, features: bool = False):
-        """Logits (K, B, C); with `features`, (stages, pooled (K, B, D), logits) from one call (as DDP needs)."""
-        stages, feats = self.forward_features(x)
-        s = self.forward_head(feats)
-        return (stages, feats, s) if features else s
 
 
 def as_student(model: nn.Module) -> nn.Module:
