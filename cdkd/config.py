@@ -108,6 +108,19 @@ class AggregationConfig:
 
 
 @dataclass
+class ProbeConfig:
+    """The data-free selection metric: student vs teacher-ensemble agreement on a fixed synthetic probe set."""
+    samples: int = 1024               # probe inputs (0 = no probe metric)
+    path: str = ""                    # probe file; '' = <run_dir>/probe.pt, built from the teachers on first use
+    steps: int = 200                  # probe-generator training steps (teachers only: CE on preset labels + BN prior)
+    snapshots: int = 4                # generator snapshots the probe inputs are drawn from, evenly over `steps`
+    batch_size: int = 128
+    w_bn: float = 1.0                 # BN-statistics prior weight of the probe generator
+    seed: int = 12345                 # fixed: every trial of a sweep sees the same probe inputs
+    val_samples: int = 0              # N real labeled samples from the train split: also report val_acc (0 = off)
+
+
+@dataclass
 class DistributedConfig:
     """How Ray places the run (read by `cdkd.distributed`; the engine itself never looks at it)."""
     workers: int = 1                  # Ray Train workers for student + generator (DDP); 0 = in the job process
@@ -137,6 +150,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -176,10 +190,11 @@ CHOICES = {
 POSITIVE = {("train", "iterations"), ("train", "batch_size"), ("train", "student_steps"), ("model", "nz"),
             ("model", "ngf"), ("train", "log_every"), ("train", "ckpt_every"), ("train", "sample_every"),
             ("optim", "student_lr"), ("optim", "generator_lr"), ("loss", "temperature"), ("aggregation", "epochs"),
-            ("aggregation", "batch_size"), ("aggregation", "lr"), ("distributed", "num_to_keep")}
+            ("aggregation", "batch_size"), ("aggregation", "lr"), ("distributed", "num_to_keep"),
+            ("probe", "steps"), ("probe", "snapshots"), ("probe", "batch_size")}
 NON_NEGATIVE = {("distributed", "workers"), ("distributed", "teacher_actors"), ("distributed", "teacher_cpus"),
                 ("distributed", "teacher_gpus"), ("distributed", "cpus_per_worker"), ("distributed", "gpus_per_worker"),
-                ("distributed", "max_failures")}
+                ("distributed", "max_failures"), ("probe", "samples"), ("probe", "w_bn"), ("probe", "val_samples")}
 
 
 def _field_types(cls: type) -> dict[str, Any]:

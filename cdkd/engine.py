@@ -62,8 +62,9 @@ class Distiller(nn.Module):
         if cfg.train.ema:
             self.ema = AveragedModel(generator, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_momentum))
         self.use_feat, self.at_stages = self._probe_pairs()
-        self.pool.configure(PoolSpec(self.lc, k, self.use_feat, self.at_stages,
-                                     cfg.train.amp if cfg.train.amp_scope == "all" else "none"))
+        self.pool_spec = PoolSpec(self.lc, k, self.use_feat, self.at_stages,
+                                  cfg.train.amp if cfg.train.amp_scope == "all" else "none")
+        self.pool.configure(self.pool_spec)
         o = cfg.optim
         if o.student == "sgd":
             self.opt_s = torch.optim.SGD(self.student.parameters(), o.student_lr, momentum=o.momentum,

@@ -17,7 +17,7 @@ class Progress:
         self.t0, self.n0 = time.perf_counter(), start
         self.log_every = log_every or max(1, total // 20)
         self.bar = tqdm(total=total, initial=start, desc=desc, dynamic_ncols=True, leave=False,
-                        disable=not sys.stderr.isatty())
+                        disable=not getattr(sys.stderr, "isatty", lambda: False)())  # Tune's log Tee has none
 
     def rate(self) -> float:
         return (self.n - self.n0) / max(time.perf_counter() - self.t0, 1e-9)

@@ -24,10 +24,11 @@ from .data import ImageData, load_data
 from .engine import Distiller
 from .errors import CdkdError, ConfigError, NonFiniteLossError
 from .metrics import MetricsWriter
+from .probe import ensure_probe, probe_metrics
 from .models import create_model, num_params
 from .registry import MODELS
 from .progress import Progress
-from .supervised import predictions
+from .supervised import predictions, subset
 from .teacher_pool import TeacherGroup, TeacherPool
 from .teachers import load_teacher, validate_teachers
 
@@ -40,6 +41,9 @@ class Run:
     input_shape: tuple[int, ...]
     device: torch.device
     info: dict[str, Any] = field(default_factory=dict)
+    test: bool = True                       # evaluate on the test split at the end (sweep trials: False)
+    probe: dict[str, Any] | None = None     # set by `prepare_selection`
+    val: Any = None                         # the optional labeled validation subset (train split)
 
 
 def pick_device(name: str) -> torch.device:
@@ -109,6 +113,28 @@ def evaluate(run: Run, aggregator: nn.Module | None = None) -> dict[str, Any]:
     return out
 
 
+def prepare_selection(run: Run) -> None:
+    """Load (or build, on first use) the probe set and the optional labeled validation subset."""
+    cfg, d = run.cfg, run.distiller
+    run.probe = ensure_probe(d.pool, run.info["num_classes"], run.input_shape, cfg, d.pool_spec, run.device)
+    if cfg.probe.val_samples:
+        if run.data is None:
+            raise ConfigError("probe.val_samples needs the data set (val samples come from its train split)")
+        run.val = subset(run.data.train, cfg.probe.val_samples, seed=cfg.probe.seed)
+
+
+def selection_metrics(run: Run) -> dict[str, float]:
+    """What a sweep may select on: the data-free probe metrics, and val_acc if labeled samples were given."""
+    d = run.distiller
+    out = probe_metrics(d.student, run.probe, run.device) if run.probe is not None else {}
+    if run.val is not None:
+        d.student.eval()
+        s, y = predictions(lambda x: d.student(x).mean(0), run.val, device=run.device)
+        d.student.train()
+        out["val_acc"] = (s.argmax(-1) == y).float().mean().item()
+    return out
+
+
 class CheckpointStore(Protocol):
     """Where run checkpoints go: a local file (`FileCheckpoints`) or Ray Train (`cdkd.distributed`)."""
     location: str
@@ -159,8 +185,13 @@ def train(run: Run, resume: bool = False, store: CheckpointStore | None = None) 
         set_rng_state(state["rng"])
         if metrics:
             metrics.drop_after(d.step)
-        print(f"[cdkd] resumed {rd} at iteration {d.step}")
+        print(f"[cdkd] resumed {rd} at iteration {d.step} from {store.location}")
+        if main:  # provenance: a crash restart, or a PBT exploit's donor checkpoint
+            os.makedirs(rd, exist_ok=True)
+            with open(os.path.join(rd, "resumes.jsonl"), "a") as f:
+                f.write(json.dumps({"iteration": d.step, "from": store.location, "time": time.time()}) + "\n")
     if main:
+        prepare_selection(run)
         os.makedirs(os.path.join(rd, "samples"), exist_ok=True)
         with open(os.path.join(rd, "config.yaml"), "w") as f:
             f.write(cfg.to_yaml())
@@ -184,7 +215,9 @@ def train(run: Run, resume: bool = False, store: CheckpointStore | None = None) 
         elapsed = time.perf_counter() - t0
         last = logs
         if main:
-            if t.eval_every and it % t.eval_every == 0 and run.data is not None:
+            if it % t.ckpt_every == 0 or it == t.iterations:
+                logs.update(selection_metrics(run))
+            if t.eval_every and it % t.eval_every == 0 and run.data is not None and run.test:
                 logs["student_acc"] = evaluate(run)["student_acc"]
             metrics.log({"iteration": it, "time_s": elapsed, **logs})
             progress.update(logs)
@@ -200,6 +233,8 @@ def train(run: Run, resume: bool = False, store: CheckpointStore | None = None) 
     if progress:
         progress.close()
     if d.step % t.ckpt_every or stopped or not d.step:
+        if main and d.step % t.ckpt_every and d.step != t.iterations:
+            last.update(selection_metrics(run))
         checkpoint()
     return finish(run, wall, stopped) if main else {}
 
@@ -224,7 +259,8 @@ def finish(run: Run, wall: float, stopped: str | None) -> dict[str, Any]:
     result: dict[str, Any] = {"method": cfg.method, "iterations": d.step, "distill_wall_s": round(wall, 1),
                               **run.info}
     aggregator = None
-    if run.data is not None:
+    result.update(selection_metrics(run))
+    if run.data is not None and run.test:
         if cfg.aggregation.num_samples > 0:
             a = cfg.aggregation
             d.student.eval()
@@ -252,5 +288,7 @@ def format_table(result: dict[str, Any]) -> str:
         rows.append(("student (attention aggregation)", result["student_acc_attention"]))
     lines = [f"{'model':<34}{'test acc':>10}", "-" * 44]
     lines += [f"{name:<34}{acc:>10.4f}" for name, acc in rows if acc is not None]
+    if "probe_agreement" in result:
+        lines.append(f"{'student vs ensemble on the probe set':<34}{result['probe_agreement']:>10.4f}  (data-free)")
     lines.append(f"student params {result['student_params']:,} / ensemble params {result['teacher_params']:,}")
     return "\n".join(lines)

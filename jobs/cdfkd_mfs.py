@@ -19,8 +19,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cdkd.config import Config, load_config, make_config  # noqa: E402
-from cdkd.demo import demo_config  # noqa: E402
+from cdkd.cli import add_config_args, parse, run_config  # noqa: E402
+from cdkd.config import Config  # noqa: E402
 from cdkd.errors import CdkdError  # noqa: E402
 from cdkd.trainer import build, format_table, train  # noqa: E402
 
@@ -41,21 +41,11 @@ def distill(cfg: Config, resume: bool) -> dict:
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="YAML config; without it the embedded MNIST demo runs")
+    add_config_args(p)
     p.add_argument("--resume", action="store_true", help="continue the run in run_dir from its last checkpoint")
-    p.add_argument("--data-dir", default="", help="data directory (default: $CDKD_DATA_DIR, ./data, ../shared/datasets)")
-    args, overrides = p.parse_known_args(argv)
-    bad = [o for o in overrides if not (o.startswith("--") and "=" in o)]
-    if bad:
-        p.error(f"unrecognised arguments {bad}: overrides look like --section.key=value")
-    if args.data_dir:
-        overrides.append(f"--data.root={args.data_dir!r}")
+    args, overrides = parse(p, argv)
     try:
-        if args.config:
-            cfg = load_config(args.config, overrides)
-        else:
-            make_config({}, overrides)  # validate the overrides before training any teacher
-            cfg = make_config(demo_config(data_root=args.data_dir), overrides)
+        cfg = run_config(args, overrides)
         result = distill(cfg, args.resume)
     except CdkdError as e:
         print(f"error: {e}", file=sys.stderr)

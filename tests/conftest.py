@@ -7,6 +7,13 @@ os.environ.setdefault("RAY_AUTH_MODE", "token")
 os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -38,12 +45,79 @@ def teacher_paths(tmp_path_factory) -> list[str]:
     return paths
 
 
+RAY = os.path.join(os.path.dirname(sys.executable), "ray")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """`ray start --head` + a second `ray start` node, both on 127.0.0.1; this driver connects to it.
+
+    Token authentication is on (Ray's default for clusters): conftest gives every process of the session one
+    fresh token through RAY_AUTH_TOKEN, as a user would for `ray start` on several nodes and `ray job submit`.
+    """
+    port, dash = free_port(), free_port()
+    # as with an activated virtualenv: a job's `python` entrypoint is this interpreter
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}"}
+    common = ["--node-ip-address=127.0.0.1", "--num-cpus=2", "--object-store-memory=200000000", "--disable-usage-stats"]
+
+    def ray_cli(*args):
+        proc = subprocess.run([RAY, *args], env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, f"ray {' '.join(args)} failed:\n{proc.stderr[-2000:]}"
+
+    ray = pytest.importorskip("ray")  # a dev dependency; the core package never imports it
+    temp_dir = tempfile.mkdtemp(prefix="cdkd-ray-")  # short: Ray's unix socket paths live under it
+    common.append(f"--temp-dir={temp_dir}")
+    try:
+        ray_cli("start", "--head", f"--port={port}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={dash}", '--resources={"head": 1}', *common)
+        ray_cli("start", f"--address=127.0.0.1:{port}", '--resources={"node2": 1}', *common)
+        ray.init(address=f"127.0.0.1:{port}", log_to_driver=False)
+        yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}", "env": env}
+    finally:
+        ray.shutdown()
+        kill_processes_of(temp_dir)  # not `ray stop --force`: that kills every Ray instance on the machine
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def kill_processes_of(temp_dir: str) -> None:
+    """SIGKILL the processes whose command line names `temp_dir` (GCS, raylets, dashboard, log monitors) and
+    all their descendants (workers, agents): exactly the cluster this session started."""
+    parent, roots = {}, set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read().decode(errors="replace")
+            with open(f"/proc/{pid}/stat") as f:
+                parent[int(pid)] = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if temp_dir in cmdline and int(pid) != os.getpid():
+            roots.add(int(pid))
+    doomed, grew = set(roots), True
+    while grew:
+        children = {pid for pid, ppid in parent.items() if ppid in doomed} - doomed
+        doomed |= children
+        grew = bool(children)
+    for pid in doomed:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def tiny_config(teacher_paths: list[str], run_dir: str = "", **sections) -> dict:
     """A small, fast distillation config over the given teachers (no real data needed)."""
     cfg = {"teachers": [{"path": p} for p in teacher_paths], "run_dir": run_dir,
            "model": {"student": "mfs_lenet5_half", "nz": 16, "ngf": 8},
            "train": {"iterations": 4, "batch_size": 16, "student_steps": 2, "log_every": 2, "ckpt_every": 2,
-                     "sample_every": 2, "amp": "none"}}
+                     "sample_every": 2, "amp": "none"},
+           "probe": {"samples": 64, "steps": 4, "snapshots": 2, "batch_size": 16}}
     for key, value in sections.items():
         cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
     return cfg

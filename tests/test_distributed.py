@@ -7,9 +7,7 @@ different nodes.
 import json
 import os
 import shutil
-import socket
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -25,45 +23,9 @@ from cdkd.distributed.teacher_actors import RayTeacherPool  # noqa: E402
 from cdkd.distributed.train import make_trainer  # noqa: E402
 from cdkd.metrics import read_metrics  # noqa: E402
 from cdkd.trainer import build, train  # noqa: E402
-from tests.conftest import REPO, tiny_config  # noqa: E402
+from tests.conftest import RAY, REPO, tiny_config  # noqa: E402
 from tests.test_ddp import ITERATIONS, ddp_student, distance  # noqa: E402
 from tests.test_generator_split import reference_grads  # noqa: E402
-
-RAY = os.path.join(os.path.dirname(sys.executable), "ray")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def ray_cluster(tmp_path_factory):
-    """`ray start --head` + a second `ray start` node, both on 127.0.0.1; this driver connects to it.
-
-    Token authentication is on (Ray's default for clusters): conftest gives every process of the session one
-    fresh token through RAY_AUTH_TOKEN, as a user would for `ray start` on several nodes and `ray job submit`.
-    """
-    port, dash = free_port(), free_port()
-    # as with an activated virtualenv: a job's `python` entrypoint is this interpreter
-    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}"}
-    common = ["--node-ip-address=127.0.0.1", "--num-cpus=2", "--object-store-memory=200000000", "--disable-usage-stats"]
-
-    def ray_cli(*args):
-        proc = subprocess.run([RAY, *args], env=env, capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 0, f"ray {' '.join(args)} failed:\n{proc.stderr[-2000:]}"
-
-    try:
-        ray_cli("start", "--head", f"--port={port}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-                f"--dashboard-port={dash}", '--resources={"head": 1}', *common)
-        ray_cli("start", f"--address=127.0.0.1:{port}", '--resources={"node2": 1}', *common)
-        ray.init(address=f"127.0.0.1:{port}", log_to_driver=False)
-        yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}", "env": env}
-    finally:
-        ray.shutdown()
-        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
-
 
 def ray_pool(teacher_paths, actors: int, **kw) -> RayTeacherPool:
     dc = DistributedConfig(teacher_pool="ray", teacher_actors=actors, teacher_cpus=0.25, **kw)

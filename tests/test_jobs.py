@@ -19,7 +19,8 @@ def run_job(*args, cwd):
 
 def write_config(tmp_path, teacher_paths, **extra):
     cfg = {"teachers": [{"path": p} for p in teacher_paths], "data": {"name": "mnist", "download": False},
-           "train": {"iterations": 2, "batch_size": 8}, **extra}
+           "train": {"iterations": 2, "batch_size": 8},
+           "probe": {"samples": 64, "steps": 4, "snapshots": 2, "batch_size": 16}, **extra}
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return str(path)

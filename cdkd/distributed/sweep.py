@@ -1,0 +1,287 @@
+"""Ray Tune sweeps over a run config: ASHA (default), PBT or plain FIFO, selected on a data-free metric.
+
+Each trial runs the same engine as `jobs/cdfkd_mfs.py`:
+- `distributed.workers: 0`: the engine in the trial's own process (teachers local or in Ray actors); its
+  checkpoints are Tune checkpoints (`ray.tune.report`), so PBT's exploit step really restores a donor's
+  student, generator, optimisers and step, and an interrupted sweep resumes each trial where it stopped;
+- `workers >= 1`: the trial is a driver function that builds the Ray Train `TorchTrainer` with
+  `TuneReportCallback` (Train V2's Tune integration: metrics and checkpoint paths only, so no PBT there).
+
+Selection uses only what a data-free user has: `probe_agreement` (the default) / `probe_tv` on the sweep's
+probe set, or `val_acc` on `probe.val_samples` labeled training samples. Test accuracy is computed after
+the sweep, from each trial's last checkpoint, for the report only.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+import ray.tune
+import torch
+import yaml
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.search.basic_variant import BasicVariantGenerator
+
+from ..checkpoint import load_run_checkpoint
+from ..config import make_config
+from ..errors import CdkdError, ConfigError
+from ..probe import ensure_probe
+from ..search_space import Param, apply, parse_space
+from ..trainer import build, evaluate, train
+from .teacher_actors import RayTeacherPool
+from .train import CKPT_FILE, ReportedCheckpoints, absolute_paths, make_trainer
+
+METRICS = {"probe_agreement": "max", "probe_tv": "min", "val_acc": "max"}
+SCHEDULERS = ("asha", "pbt", "fifo")
+
+
+@dataclass
+class SweepSettings:
+    """Everything a sweep needs to start or resume (saved as <sweep_dir>/sweep.json)."""
+    sweep_dir: str
+    base: dict[str, Any]                    # the run config mapping every trial starts from
+    space: dict[str, Any]                   # the raw YAML search space
+    num_samples: int = 8
+    scheduler: str = "asha"
+    metric: str = "probe_agreement"
+    max_concurrent: int = 0                 # 0 = as many as the cluster's CPUs allow
+    grace_iterations: int = 0               # ASHA: iterations before a trial can be stopped (0 = iterations/4)
+    pbt_interval: int = 0                   # PBT: iterations between exploit/explore steps (0 = iterations/4)
+    seed: int = 0
+    test: bool = True                       # evaluate every trial's last checkpoint on the test split afterwards
+
+    @property
+    def mode(self) -> str:
+        return METRICS[self.metric]
+
+    def save(self) -> None:
+        with open(os.path.join(self.sweep_dir, "sweep.json"), "w") as f:
+            json.dump(asdict(self), f, indent=2)
+
+    @classmethod
+    def load(cls, sweep_dir: str) -> "SweepSettings":
+        path = os.path.join(sweep_dir, "sweep.json")
+        if not os.path.exists(path):
+            raise CdkdError(f"{sweep_dir} holds no sweep to resume (no sweep.json)")
+        with open(path) as f:
+            return cls(**json.load(f))
+
+
+def validate(s: SweepSettings) -> list[Param]:
+    """Every check that can fail, before Ray or any trial starts."""
+    if s.scheduler not in SCHEDULERS:
+        raise ConfigError(f"scheduler {s.scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
+    if s.metric not in METRICS:
+        raise ConfigError(f"metric {s.metric!r}: choose one of {', '.join(METRICS)}")
+    if s.num_samples < 1:
+        raise ConfigError(f"num_samples must be >= 1, got {s.num_samples}")
+    params = parse_space(s.space, s.base)
+    cfg = make_config(s.base)
+    if s.metric == "val_acc" and not cfg.probe.val_samples:
+        raise ConfigError("metric val_acc needs labeled samples: set probe.val_samples=N (from the train split)")
+    if s.metric.startswith("probe") and not cfg.probe.samples:
+        raise ConfigError(f"metric {s.metric} needs the probe set: probe.samples must be > 0")
+    if s.scheduler == "pbt" and cfg.distributed.workers:
+        raise ConfigError("scheduler pbt needs the engine in the trial process (distributed.workers=0): Ray Train's "
+                          "Tune callback forwards checkpoint paths, not Tune checkpoints that PBT could clone")
+    return params
+
+
+def tune_space(params: list[Param]) -> dict[str, Any]:
+    """Tune domains keyed by the dotted config keys (constants are plain values)."""
+    make = {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}
+    out = {}
+    for p in params:
+        if p.kind == "constant":
+            out[p.key] = p.args[0]
+        elif p.kind == "choice":
+            out[p.key] = tune.choice(list(p.args))
+        elif p.kind == "randint":
+            out[p.key] = tune.randint(p.args[0], p.args[1] + 1)  # inclusive upper end, as written in the YAML
+        else:
+            out[p.key] = make[p.kind](*p.args)
+    return out
+
+
+def trial_config(base: dict[str, Any], values: dict[str, Any], sweep_dir: str, trial_id: str):
+    cfg = make_config(apply(base, values))
+    cfg.run_dir = os.path.join(sweep_dir, "trials", trial_id)
+    cfg.probe.path = os.path.join(sweep_dir, "probe.pt")
+    return cfg
+
+
+def run_trial(config: dict[str, Any], settings: SweepSettings) -> None:
+    """One Tune trial: the engine in this process, or a Ray Train run driven from here."""
+    trial_id = ray.tune.get_context().get_trial_id()
+    cfg = trial_config(settings.base, config, settings.sweep_dir, trial_id)
+    dc = cfg.distributed
+    threads = max(1, int(dc.cpus_per_worker))
+    torch.set_num_threads(threads)
+    pool = RayTeacherPool(cfg.teachers, dc) if dc.teacher_pool == "ray" else None
+    try:
+        if dc.workers == 0:
+            run = build(cfg, with_data=cfg.probe.val_samples > 0, pool=pool)
+            run.test = False
+            train(run, resume=True, store=ReportedCheckpoints(ray.tune.report, ray.tune.get_checkpoint,
+                                                              ray.tune.Checkpoint))
+        else:
+            make_trainer(cfg, pool, threads, with_data=cfg.probe.val_samples > 0, test=False,
+                         callbacks=[TuneReportCallback()]).fit()
+    finally:
+        if pool is not None:
+            pool.shutdown()
+
+
+def trial_resources(cfg) -> tuple[dict[str, float], float]:
+    """(resources Tune reserves for the trial process, CPUs the whole trial needs)."""
+    dc = cfg.distributed
+    actors = len(cfg.teachers) if dc.teacher_actors == 0 else dc.teacher_actors
+    teacher_cpus = actors * dc.teacher_cpus if dc.teacher_pool == "ray" else 0.0
+    if dc.workers == 0:
+        res = {"CPU": dc.cpus_per_worker, "GPU": dc.gpus_per_worker if dc.use_gpu else 0.0}
+        return res, dc.cpus_per_worker + teacher_cpus
+    # a Train driver only waits on its workers: a token CPU share, so it never starves them (ray#54305)
+    return {"CPU": 0.01}, 0.01 + dc.workers * dc.cpus_per_worker + teacher_cpus
+
+
+def make_scheduler(s: SweepSettings, iterations: int, ckpt_every: int):
+    def on_report_grid(n: int) -> int:  # a multiple of ckpt_every (reports only happen there)
+        return max(ckpt_every, ckpt_every * round(n / ckpt_every))
+    if s.scheduler == "asha":
+        return tune.schedulers.ASHAScheduler(time_attr="iteration", max_t=iterations, reduction_factor=2,
+                                             grace_period=on_report_grid(s.grace_iterations or iterations // 4))
+    if s.scheduler == "pbt":
+        mutations = {k: v for k, v in tune_space(parse_space(s.space, s.base)).items() if hasattr(v, "sample")}
+        # synch: trials are compared at the same iteration (the probe metric rises with training progress)
+        return tune.schedulers.PopulationBasedTraining(
+            time_attr="iteration", perturbation_interval=on_report_grid(s.pbt_interval or iterations // 4),
+            hyperparam_mutations=mutations, synch=True)
+    return None
+
+
+def run_sweep(s: SweepSettings, resume: bool = False) -> dict[str, Any]:
+    """Run (or resume) the sweep; returns {rows, best, best_config_path, results_path}."""
+    params = validate(s)
+    os.makedirs(s.sweep_dir, exist_ok=True)
+    s.sweep_dir = os.path.abspath(s.sweep_dir)
+    base_cfg = absolute_paths(make_config(s.base))
+    base_cfg.run_dir, base_cfg.probe.path = s.sweep_dir, os.path.join(s.sweep_dir, "probe.pt")
+    s.base = {**base_cfg.to_dict(), "run_dir": ""}
+    s.base["probe"] = {**s.base["probe"], "path": ""}
+    exists = tune.Tuner.can_restore(s.sweep_dir)
+    if exists and not resume:
+        raise CdkdError(f"{s.sweep_dir} already holds a sweep; pass --resume to continue it or choose another "
+                        "sweep directory")
+    if not exists:
+        s.save()
+    probe_run = build(base_cfg, with_data=base_cfg.probe.val_samples > 0)  # teachers, data: checked once, here
+    ensure_probe(probe_run.distiller.pool, probe_run.info["num_classes"], probe_run.input_shape, base_cfg,
+                 probe_run.distiller.pool_spec)
+    del probe_run
+    if not ray.is_initialized():
+        ray.init()
+    resources, need = trial_resources(base_cfg)
+    fit_cpus = ray.cluster_resources().get("CPU", 1.0)
+    if need > fit_cpus:
+        raise CdkdError(f"one trial needs {need:g} CPUs but the Ray cluster has {fit_cpus:g}")
+    concurrent = s.max_concurrent or max(1, math.floor(fit_cpus / need + 1e-9))
+    trainable = tune.with_resources(tune.with_parameters(run_trial, settings=s), resources)
+    if exists:
+        print(f"[cdkd] resuming the sweep in {s.sweep_dir}")
+        tuner = tune.Tuner.restore(s.sweep_dir, trainable, resume_errored=True)
+    else:
+        tuner = make_tuner(s, params, trainable, concurrent, base_cfg)
+    print(f"[cdkd] sweep: {s.num_samples} trials, {s.scheduler}, selecting on {s.metric} ({s.mode}), "
+          f"{concurrent} at a time, {resources} per trial process; {s.sweep_dir}")
+    grid = tuner.fit()
+    return summarise(s, params, grid)
+
+
+def make_tuner(s: SweepSettings, params: list[Param], trainable, concurrent: int, cfg) -> tune.Tuner:
+    t = cfg.train
+    search = BasicVariantGenerator(random_state=s.seed, max_concurrent=concurrent)  # (TuneConfig's is ignored)
+    return tune.Tuner(
+        trainable, param_space=tune_space(params),
+        tune_config=tune.TuneConfig(metric=s.metric, mode=s.mode, num_samples=s.num_samples, search_alg=search,
+                                    scheduler=make_scheduler(s, t.iterations, t.ckpt_every)),
+        run_config=tune.RunConfig(
+            name=os.path.basename(s.sweep_dir), storage_path=os.path.dirname(s.sweep_dir), verbose=1,
+            failure_config=tune.FailureConfig(max_failures=cfg.distributed.max_failures),
+            # PBT clones a donor's checkpoint while the donor runs on: keep them all
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None if s.scheduler == "pbt" else 2)))
+
+
+def _checkpoint_file(result) -> str | None:
+    path = result.checkpoint.path if result.checkpoint else (result.metrics or {}).get("checkpoint_path")
+    return os.path.join(path, CKPT_FILE) if path else None
+
+
+@torch.no_grad()
+def trial_test_accuracy(s: SweepSettings, values: dict[str, Any], ckpt_file: str) -> float:
+    """The report-only test accuracy of a trial's last checkpoint (after the selection is made)."""
+    cfg = trial_config(s.base, values, s.sweep_dir, "test-eval")
+    run = build(cfg)
+    run.distiller.load_state(load_run_checkpoint(ckpt_file)["engine"])
+    return evaluate(run)["student_acc"]
+
+
+def summarise(s: SweepSettings, params: list[Param], grid) -> dict[str, Any]:
+    keys = [p.key for p in params if p.kind != "constant"]
+    total = make_config(s.base).train.iterations
+    rows = []
+    for r in grid:
+        m = r.metrics or {}
+        row = {"trial": m.get("trial_id") or os.path.basename(r.path), **{k: r.config.get(k) for k in keys},
+               s.metric: m.get(s.metric), "iteration": m.get("iteration", 0),
+               "status": "error" if r.error else ("done" if m.get("iteration", 0) >= total else "stopped")}
+        for extra in METRICS:
+            if extra != s.metric and extra in m:
+                row[extra] = m[extra]
+        rows.append((row, r))
+    scored = [(row, r) for row, r in rows if row[s.metric] is not None and row["status"] != "error"]
+    if not scored:
+        raise CdkdError(f"no trial reported {s.metric}; see the trial logs in {s.sweep_dir}")
+    sign = 1 if s.mode == "max" else -1
+    best_row, best_result = max(scored, key=lambda rr: sign * rr[0][s.metric])
+    if s.test:  # only now, with the choice made, is the test split touched (for the table)
+        for row, r in rows:
+            ckpt = _checkpoint_file(r)
+            row["test_acc"] = trial_test_accuracy(s, r.config, ckpt) if ckpt and os.path.exists(ckpt) else None
+    table = [row for row, _ in rows]
+    results_path = os.path.join(s.sweep_dir, "results.parquet")
+    pq.write_table(pa.Table.from_pylist(table), results_path)
+    best_cfg = make_config(apply(s.base, best_result.config))
+    best_cfg.run_dir = ""
+    best_cfg.probe.path = os.path.join(s.sweep_dir, "probe.pt")
+    best_path = os.path.join(s.sweep_dir, "best.yaml")
+    with open(best_path, "w") as f:
+        f.write(f"# best of sweep {s.sweep_dir} by {s.metric} ({s.mode}) = {best_row[s.metric]:.4f}: trial "
+                f"{best_row['trial']}\n")
+        yaml.safe_dump(best_cfg.to_dict(), f, sort_keys=False)
+    return {"rows": table, "best": best_row, "best_config_path": best_path, "results_path": results_path}
+
+
+def format_sweep_table(rows: list[dict[str, Any]], metric: str, best_trial: str) -> str:
+    cols = list(dict.fromkeys(k for row in rows for k in row))
+    cells = [[("*" if c == "trial" and row["trial"] == best_trial else "") + _fmt(row.get(c)) for c in cols]
+             for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(cols)]
+    line = lambda vals: "  ".join(v.rjust(w) for v, w in zip(vals, widths))  # noqa: E731
+    sign = -1 if METRICS[metric] == "max" else 1
+    order = sorted(range(len(rows)), key=lambda i: (rows[i].get(metric) is None, sign * (rows[i].get(metric) or 0)))
+    return "\n".join([line(cols), line(["-" * w for w in widths]), *(line(cells[i]) for i in order)])
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1e-3 or abs(v) >= 1e4 else f"{v:.4f}"
+    return str(v)
