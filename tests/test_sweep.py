@@ -163,3 +163,21 @@ def test_interrupted_sweep_resumes(ray_cluster, teacher_paths, tmp_path):
     for d in checkpointed:  # continued from its own last checkpoint, not restarted from scratch
         loaded = resumes(sweep_dir, d)
         assert loaded and loaded[0]["iteration"] >= 4 and loaded[0]["from"].startswith(f"{d}/checkpoint_"), loaded
+
+
+@pytest.mark.parametrize("distributed", [{"teacher_pool": "ray", "teacher_cpus": 0.25},
+                                         {"workers": 1, "cpus_per_worker": 1.0}], ids=["teacher-actors", "ray-train"])
+def test_trials_place_the_engine_as_the_config_says(ray_cluster, teacher_paths, tmp_path, capsys, distributed):
+    """Trials with the teachers in Ray actors, and trials that drive a Ray Train run (TuneReportCallback)."""
+    base = write(tmp_path / "base.yaml", tiny_config(teacher_paths, distributed=distributed))
+    sweep_dir = tmp_path / "sweep"
+    rc = sweep_cli()(["--config", base, "--space", write(tmp_path / "space.yaml", SPACE), "--scheduler", "fifo",
+                      "--sweep-dir", str(sweep_dir), "--num-samples", "2", "--no-test"])
+    assert rc == 0, capsys.readouterr().out[-3000:]
+    rows = pq.read_table(sweep_dir / "results.parquet").to_pylist()
+    assert len(rows) == 2 and all(r["status"] == "done" and 0 <= r["probe_agreement"] <= 1 for r in rows), rows
+    cfg = load_config(str(sweep_dir / "best.yaml"))
+    assert cfg.distributed.teacher_pool == distributed.get("teacher_pool", "local")
+    assert cfg.distributed.workers == distributed.get("workers", 0)
+    if cfg.distributed.workers:  # Ray Train wrote its checkpoints into the trial's run directory
+        assert any(d.startswith("checkpoint_") for d in os.listdir(sweep_dir / "trials" / rows[0]["trial"]))
