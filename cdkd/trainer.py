@@ -289,6 +289,6 @@ def format_table(result: dict[str, Any]) -> str:
     lines = [f"{'model':<34}{'test acc':>10}", "-" * 44]
     lines += [f"{name:<34}{acc:>10.4f}" for name, acc in rows if acc is not None]
     if "probe_agreement" in result:
-        lines.append(f"{'student vs ensemble on the probe set':<34}{result['probe_agreement']:>10.4f}  (data-free)")
+        lines.append(f"{'probe agreement (data-free)':<34}{result['probe_agreement']:>10.4f}")
     lines.append(f"student params {result['student_params']:,} / ensemble params {result['teacher_params']:,}")
     return "\n".join(lines)

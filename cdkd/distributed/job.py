@@ -13,7 +13,7 @@ import ray
 
 from ..config import Config
 from ..errors import CdkdError
-from ..trainer import build, train
+from ..trainer import build, prepare_selection, train
 from .teacher_actors import RayTeacherPool
 from .train import absolute_paths, make_trainer
 
@@ -25,9 +25,9 @@ def run_on_ray(cfg: Config, resume: bool = False, threads: int = 0) -> dict[str,
     dc = cfg.distributed
     if glob.glob(os.path.join(cfg.run_dir, "checkpoint_*")) and not resume:
         raise CdkdError(f"{cfg.run_dir} already holds a run; pass --resume to continue it or choose another run_dir")
-    pool = None
+    pool, checked = None, None
     if dc.teacher_pool == "local":
-        build(cfg)  # every input check (data, teachers, models, loss pairing) before Ray starts
+        checked = build(cfg)  # every input check (data, teachers, models, loss pairing) before Ray starts
     if not ray.is_initialized():
         ray.init()
     if dc.use_gpu and not ray.cluster_resources().get("GPU"):
@@ -39,7 +39,9 @@ def run_on_ray(cfg: Config, resume: bool = False, threads: int = 0) -> dict[str,
         if dc.workers == 0:  # the engine in this driver process, only the teachers on Ray
             return train(build(cfg, pool=pool), resume=resume)
         if pool is not None:
-            build(cfg, pool=pool)
+            checked = build(cfg, pool=pool)
+        prepare_selection(checked)  # the probe set, built once here: no worker may reconfigure shared teachers
+        del checked
         print(f"[cdkd] Ray Train: {dc.workers} worker(s), {'GPU' if dc.use_gpu else 'CPU'}, "
               f"teachers {'in Ray actors' if pool else 'in each worker'}; run directory {cfg.run_dir}")
         result = make_trainer(cfg, pool, threads).fit()
