@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from .config import Config, ConfigError, _field_types, make_config
+from .config import Config, ConfigError, _field_types, _merge, _nest, make_config
 
 KINDS = ("uniform", "loguniform", "randint", "choice")
 
@@ -105,13 +105,9 @@ def _parse_one(key: str, spec: Any) -> Param:
 
 def apply(base: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
     """The base config mapping with dotted `values` set (a new mapping)."""
-    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
+    out = base
     for key, value in values.items():
-        if key == "method":
-            out["method"] = value
-            continue
-        section, name = key.split(".", 1)
-        out[section] = {**out.get(section, {}), name: value}
+        out = _merge(out, _nest(key.split("."), value))
     return out
 
 

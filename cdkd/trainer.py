@@ -214,8 +214,9 @@ def train(run: Run, resume: bool = False, store: CheckpointStore | None = None) 
         it = d.step
         elapsed = time.perf_counter() - t0
         last = logs
+        stop = bool(t.budget_s) and over_budget(elapsed > t.budget_s, d.world_size) and it < t.iterations
         if main:
-            if it % t.ckpt_every == 0 or it == t.iterations:
+            if it % t.ckpt_every == 0 or it == t.iterations or stop:  # every checkpoint carries the metric
                 logs.update(selection_metrics(run))
             if t.eval_every and it % t.eval_every == 0 and run.data is not None and run.test:
                 logs["student_acc"] = evaluate(run)["student_acc"]
@@ -225,7 +226,7 @@ def train(run: Run, resume: bool = False, store: CheckpointStore | None = None) 
                 save_samples(d, os.path.join(rd, "samples", f"iter_{it:06d}.png"))
         if it % t.ckpt_every == 0:
             checkpoint()
-        if t.budget_s and over_budget(elapsed > t.budget_s, d.world_size) and it < t.iterations:
+        if stop:
             stopped = f"time budget of {t.budget_s:.0f}s reached at iteration {it}"
             print(f"[cdkd] {stopped}")
             break
@@ -233,8 +234,6 @@ def train(run: Run, resume: bool = False, store: CheckpointStore | None = None) 
     if progress:
         progress.close()
     if d.step % t.ckpt_every or stopped or not d.step:
-        if main and d.step % t.ckpt_every and d.step != t.iterations:
-            last.update(selection_metrics(run))
         checkpoint()
     return finish(run, wall, stopped) if main else {}
 

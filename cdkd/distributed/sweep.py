@@ -32,10 +32,9 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from ..checkpoint import load_run_checkpoint
 from ..config import make_config
 from ..errors import CdkdError, ConfigError
-from ..probe import ensure_probe
 from ..search_space import Param, apply, parse_space
-from ..trainer import build, evaluate, train
-from .teacher_actors import RayTeacherPool
+from ..trainer import build, evaluate, prepare_selection, train
+from .teacher_actors import RayTeacherPool, num_actors
 from .train import CKPT_FILE, ReportedCheckpoints, absolute_paths, make_trainer
 
 METRICS = {"probe_agreement": "max", "probe_tv": "min", "val_acc": "max"}
@@ -113,7 +112,6 @@ def tune_space(params: list[Param]) -> dict[str, Any]:
 def trial_config(base: dict[str, Any], values: dict[str, Any], sweep_dir: str, trial_id: str):
     cfg = make_config(apply(base, values))
     cfg.run_dir = os.path.join(sweep_dir, "trials", trial_id)
-    cfg.probe.path = os.path.join(sweep_dir, "probe.pt")
     return cfg
 
 
@@ -142,8 +140,7 @@ def run_trial(config: dict[str, Any], settings: SweepSettings) -> None:
 def trial_resources(cfg) -> tuple[dict[str, float], float]:
     """(resources Tune reserves for the trial process, CPUs the whole trial needs)."""
     dc = cfg.distributed
-    actors = len(cfg.teachers) if dc.teacher_actors == 0 else dc.teacher_actors
-    teacher_cpus = actors * dc.teacher_cpus if dc.teacher_pool == "ray" else 0.0
+    teacher_cpus = num_actors(dc, len(cfg.teachers)) * dc.teacher_cpus if dc.teacher_pool == "ray" else 0.0
     if dc.workers == 0:
         res = {"CPU": dc.cpus_per_worker, "GPU": dc.gpus_per_worker if dc.use_gpu else 0.0}
         return res, dc.cpus_per_worker + teacher_cpus
@@ -151,14 +148,14 @@ def trial_resources(cfg) -> tuple[dict[str, float], float]:
     return {"CPU": 0.01}, 0.01 + dc.workers * dc.cpus_per_worker + teacher_cpus
 
 
-def make_scheduler(s: SweepSettings, iterations: int, ckpt_every: int):
+def make_scheduler(s: SweepSettings, params: list[Param], iterations: int, ckpt_every: int):
     def on_report_grid(n: int) -> int:  # a multiple of ckpt_every (reports only happen there)
         return max(ckpt_every, ckpt_every * round(n / ckpt_every))
     if s.scheduler == "asha":
         return tune.schedulers.ASHAScheduler(time_attr="iteration", max_t=iterations, reduction_factor=2,
                                              grace_period=on_report_grid(s.grace_iterations or iterations // 4))
     if s.scheduler == "pbt":
-        mutations = {k: v for k, v in tune_space(parse_space(s.space, s.base)).items() if hasattr(v, "sample")}
+        mutations = {k: v for k, v in tune_space(params).items() if hasattr(v, "sample")}
         # synch: trials are compared at the same iteration (the probe metric rises with training progress)
         return tune.schedulers.PopulationBasedTraining(
             time_attr="iteration", perturbation_interval=on_report_grid(s.pbt_interval or iterations // 4),
@@ -172,19 +169,15 @@ def run_sweep(s: SweepSettings, resume: bool = False) -> dict[str, Any]:
     os.makedirs(s.sweep_dir, exist_ok=True)
     s.sweep_dir = os.path.abspath(s.sweep_dir)
     base_cfg = absolute_paths(make_config(s.base))
-    base_cfg.run_dir, base_cfg.probe.path = s.sweep_dir, os.path.join(s.sweep_dir, "probe.pt")
+    base_cfg.probe.path = os.path.abspath(base_cfg.probe.path or os.path.join(s.sweep_dir, "probe.pt"))  # one for all
     s.base = {**base_cfg.to_dict(), "run_dir": ""}
-    s.base["probe"] = {**s.base["probe"], "path": ""}
     exists = tune.Tuner.can_restore(s.sweep_dir)
     if exists and not resume:
         raise CdkdError(f"{s.sweep_dir} already holds a sweep; pass --resume to continue it or choose another "
                         "sweep directory")
     if not exists:
         s.save()
-    probe_run = build(base_cfg, with_data=base_cfg.probe.val_samples > 0)  # teachers, data: checked once, here
-    ensure_probe(probe_run.distiller.pool, probe_run.info["num_classes"], probe_run.input_shape, base_cfg,
-                 probe_run.distiller.pool_spec)
-    del probe_run
+    prepare_selection(build(base_cfg, with_data=base_cfg.probe.val_samples > 0))  # checks, then the probe set
     if not ray.is_initialized():
         ray.init()
     resources, need = trial_resources(base_cfg)
@@ -210,7 +203,7 @@ def make_tuner(s: SweepSettings, params: list[Param], trainable, concurrent: int
     return tune.Tuner(
         trainable, param_space=tune_space(params),
         tune_config=tune.TuneConfig(metric=s.metric, mode=s.mode, num_samples=s.num_samples, search_alg=search,
-                                    scheduler=make_scheduler(s, t.iterations, t.ckpt_every)),
+                                    scheduler=make_scheduler(s, params, t.iterations, t.ckpt_every)),
         run_config=tune.RunConfig(
             name=os.path.basename(s.sweep_dir), storage_path=os.path.dirname(s.sweep_dir), verbose=1,
             failure_config=tune.FailureConfig(max_failures=cfg.distributed.max_failures),
@@ -259,7 +252,6 @@ def summarise(s: SweepSettings, params: list[Param], grid) -> dict[str, Any]:
     pq.write_table(pa.Table.from_pylist(table), results_path)
     best_cfg = make_config(apply(s.base, best_result.config))
     best_cfg.run_dir = ""
-    best_cfg.probe.path = os.path.join(s.sweep_dir, "probe.pt")
     best_path = os.path.join(s.sweep_dir, "best.yaml")
     with open(best_path, "w") as f:
         f.write(f"# best of sweep {s.sweep_dir} by {s.metric} ({s.mode}) = {best_row[s.metric]:.4f}: trial "

@@ -67,6 +67,11 @@ class TeacherActor:
         return self.group.logits(x).cpu()
 
 
+def num_actors(dc: DistributedConfig, num_teachers: int) -> int:
+    """`teacher_actors` actors (0 = one per teacher), never more than there are teachers."""
+    return min(dc.teacher_actors or num_teachers, num_teachers)
+
+
 def split(n: int, parts: int) -> list[range]:
     """Contiguous, near-equal index ranges: teachers 0..n-1 over `parts` actors."""
     bounds = [round(i * n / parts) for i in range(parts + 1)]
@@ -80,7 +85,7 @@ class RayTeacherPool:
                  input_shape: tuple[int, ...] | None = None, ready_timeout_s: float = 120.0) -> None:
         if not specs:
             raise TeacherError("no teachers given")
-        m = min(dc.teacher_actors or len(specs), len(specs))
+        m = num_actors(dc, len(specs))
         self.ranges = split(len(specs), m)
         bundle = {"CPU": dc.teacher_cpus, **({"GPU": dc.teacher_gpus} if dc.teacher_gpus else {}),
                   **dc.teacher_resources}

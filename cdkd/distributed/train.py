@@ -61,6 +61,8 @@ def absolute_paths(cfg: Config) -> Config:
     cfg.run_dir = os.path.abspath(default_run_dir(cfg))
     cfg.teachers = [replace(t, path=os.path.abspath(t.path)) for t in cfg.teachers]
     cfg.data.root = os.path.abspath(resolve_root(cfg.data.root))
+    if cfg.probe.path:
+        cfg.probe.path = os.path.abspath(cfg.probe.path)
     return cfg
 
 
