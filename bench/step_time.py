@@ -1,9 +1,14 @@
-"""Seconds per iteration (5 student steps + 1 generator step) of a trained run's late state, under conditions.
+"""Seconds per distillation iteration (student_steps student steps + 1 generator step), under conditions.
 
+    python bench/step_time.py --setting paper-cifar100 --batch-size 64 --iterations 3 [--profile] [--compare]
     python bench/step_time.py --checkpoint runs/bench/<run>/run/checkpoints/last.pt [--no-flush-denormal] [--competitor]
 
-Answers: does the loop slow down from denormal floats (flush-to-zero off) or from another process on the
-cores? Prints one JSON line per condition.
+`--setting paper-cifar100` builds the CDFKD-MFS paper setting with random-init teachers (no data needed):
+3 x CIFAR ResNet-34 (100 classes) -> `mfs_resnet18`, nz 256, 5 student steps per generator step.
+`--compare` times the engine's default speed settings ("before") against the same setting with the given
+`--section.key=value` overrides ("after"), alternating, in one process.
+`--profile` adds where the time goes (torch.profiler, by the engine's record_function labels).
+`--checkpoint` times a trained run's late state (denormals, a competing process). One JSON line per result.
 """
 from __future__ import annotations
 
@@ -20,19 +25,78 @@ import torch  # noqa: E402
 
 from cdkd.checkpoint import load_run_checkpoint  # noqa: E402
 from cdkd.config import make_config  # noqa: E402
+from cdkd.models import create_model  # noqa: E402
+from cdkd.teacher_pool import TeacherGroup  # noqa: E402
+from cdkd.teachers import Teacher  # noqa: E402
 from cdkd.trainer import build  # noqa: E402
 
 COMPETITOR = "import torch\na = torch.randn(1500, 1500)\nwhile True:\n    a @ a"
+SETTINGS = {
+    "paper-cifar100": {"teacher": "resnet34", "num_classes": 100, "num_teachers": 3, "input_shape": (3, 32, 32),
+                       "config": {"method": "cdfkd_mfs", "model": {"student": "mfs_resnet18", "nz": 256},
+                                  "train": {"student_steps": 5}}},
+}
+# `--compare`: "before" = the engine's default speed settings (bf16 channels_last generator, fp32 NCHW student
+# and teachers); "after" = the same with the command line's overrides, e.g. `--train.amp=none
+# --train.amp_scope=all` (fp32 channels_last everywhere) or `--train.amp_scope=all` (bf16 everywhere: the
+# setting for AMX CPUs and GPUs).
+BEFORE = ["--train.amp=bf16", "--train.amp_scope=generator"]
+LABELS = ("generator.sample", "teachers.targets", "student.step", "generator.forward", "student.forward_g",
+          "teachers.generator_side", "student.input_grad", "generator.backward")
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--iterations", type=int, default=10)
-    p.add_argument("--no-flush-denormal", action="store_true")
-    p.add_argument("--competitor", action="store_true", help="run a 2-thread matmul loop in another process")
-    p.add_argument("--amp", default="", help="override train.amp (bf16 | none)")
-    args = p.parse_args()
+def paper_run(setting: str, batch_size: int, overrides: list[str]):
+    s = SETTINGS[setting]
+    torch.manual_seed(0)
+    teachers = [Teacher(create_model(s["teacher"], num_classes=s["num_classes"]), f"{s['teacher']}-{k}", "random",
+                        s["input_shape"]) for k in range(s["num_teachers"])]
+    cfg = make_config({**s["config"], "teachers": [{"path": "random"}] * s["num_teachers"]},
+                      [f"--train.batch_size={batch_size}", "--probe.samples=0", *overrides])
+    return build(cfg, with_data=False, pool=TeacherGroup.validated(teachers))
+
+
+def time_iterations(distiller, n: int) -> float:
+    distiller.train_iteration()  # warm-up: allocator, oneDNN primitive caches
+    t0 = time.perf_counter()
+    for _ in range(n):
+        distiller.train_iteration()
+    return (time.perf_counter() - t0) / n
+
+
+def profile(distiller) -> dict[str, float]:
+    """Seconds per iteration inside each labelled part of the engine (one profiled iteration)."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        distiller.train_iteration()
+    totals = {e.key: e.cpu_time_total / 1e6 for e in prof.key_averages() if e.key in LABELS}
+    return {k: round(totals.get(k, 0.0), 3) for k in LABELS}
+
+
+def setting_main(args, overrides: list[str]) -> None:
+    variants = [("before", BEFORE), ("after", overrides)] if args.compare else [("as_configured", overrides)]
+    runs = {name: paper_run(args.setting, args.batch_size, extra) for name, extra in variants}
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(args.repeats):  # alternate, so both see the same machine load
+        for name, run in runs.items():
+            times[name].append(time_iterations(run.distiller, args.iterations))
+    for name, run in runs.items():
+        t = run.cfg.train
+        per_it = min(times[name])
+        line = {"bench": "step_time", "setting": args.setting, "variant": name, "batch_size": args.batch_size,
+                "s_per_iteration": round(per_it, 3),
+                "images_per_s": round(args.batch_size * (t.student_steps + 1) / per_it, 1),
+                "amp": t.amp, "amp_scope": t.amp_scope, "channels_last": t.channels_last,
+                "threads": torch.get_num_threads(), "iterations": args.iterations, "repeats": args.repeats,
+                "all_s_per_iteration": [round(v, 3) for v in times[name]]}
+        if args.profile:
+            line["profile_s"] = profile(run.distiller)
+        print(json.dumps(line), flush=True)
+    if args.compare:
+        print(json.dumps({"bench": "step_time", "setting": args.setting, "batch_size": args.batch_size,
+                          "speedup": round(min(times["before"]) / min(times["after"]), 2)}), flush=True)
+
+
+def checkpoint_main(args) -> None:
     state = load_run_checkpoint(args.checkpoint)
     cfg_dict = {k: v for k, v in state["config"].items() if k != "run_dir"}
     cfg = make_config(cfg_dict, [f"--train.amp={args.amp}"] if args.amp else [])
@@ -44,11 +108,7 @@ def main() -> None:
                     for p in d.parameters() if p.is_floating_point())
     proc = subprocess.Popen([sys.executable, "-c", COMPETITOR]) if args.competitor else None
     try:
-        d.train_iteration()
-        t0 = time.perf_counter()
-        for _ in range(args.iterations):
-            d.train_iteration()
-        per_it = (time.perf_counter() - t0) / args.iterations
+        per_it = time_iterations(d, args.iterations)
     finally:
         if proc:
             proc.kill()
@@ -56,6 +116,27 @@ def main() -> None:
                       "competitor": args.competitor, "amp": cfg.train.amp, "s_per_iteration": round(per_it, 3),
                       "subnormal_params": subnormal, "batch_size": cfg.train.batch_size,
                       "checkpoint_step": state["engine"]["step"]}), flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--setting", choices=sorted(SETTINGS), help="a built-in setting with random-init teachers")
+    p.add_argument("--checkpoint", help="a run checkpoint to time instead")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--iterations", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=1, help="timed blocks per variant (the fastest is reported)")
+    p.add_argument("--compare", action="store_true", help="time 'before' and 'after' speed settings, alternating")
+    p.add_argument("--profile", action="store_true")
+    p.add_argument("--no-flush-denormal", action="store_true")
+    p.add_argument("--competitor", action="store_true", help="run a 2-thread matmul loop in another process")
+    p.add_argument("--amp", default="", help="override train.amp (bf16 | none)")
+    args, overrides = p.parse_known_args()
+    if bool(args.setting) == bool(args.checkpoint):
+        p.error("give exactly one of --setting or --checkpoint")
+    if args.setting:
+        setting_main(args, [*overrides, *([f"--train.amp={args.amp}"] if args.amp else [])])
+    else:
+        checkpoint_main(args)
 
 
 if __name__ == "__main__":

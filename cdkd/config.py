@@ -22,7 +22,7 @@ METHODS = ("cdfkd_mfs", "ddad", "mad", "cgdd")
 
 @dataclass
 class DataConfig:
-    name: str = "mnist"               # mnist | cifar10 | imagefolder: the real data used for evaluation only
+    name: str = "mnist"               # mnist | cifar10 | cifar100 | imagefolder: real data, for evaluation only
     root: str = ""                    # '' = $CDKD_DATA_DIR, else ./data, else ../shared/datasets
     download: bool = True             # fetch MNIST/CIFAR-10 with torchvision when missing and online
 
@@ -51,7 +51,7 @@ class LossConfig:
     # student objective
     w_header: float = 1.0             # (1/K) sum_k D(s_k, t_k), D = L1 or KL (student_loss)
     w_ens: float = 5.0                # L1(mean_k s_k, mean_k t_k)
-    w_feat: float = 0.2               # pooled-feature L1 (auto-off when feature dims differ)
+    w_feat: float = 0.2               # pooled-feature L1; student headers get the teachers' feature width
     w_ce: float = 0.0                 # CE(s_k, preset label) (conditional methods)
     w_at: float = 0.0                 # attention transfer from teacher stage maps
     student_loss: str = "l1"          # l1 | kl
@@ -183,7 +183,7 @@ CHOICES = {
     ("optim", "student"): ("sgd", "adam"), ("optim", "schedule"): ("cosine", "multistep", "none"),
     ("train", "amp"): ("bf16", "fp16", "none"), ("train", "amp_scope"): ("generator", "all"),
     ("train", "device"): ("auto", "cpu", "cuda"),
-    ("data", "name"): ("mnist", "cifar10", "imagefolder"),
+    ("data", "name"): ("mnist", "cifar10", "cifar100", "imagefolder"),
     ("distributed", "teacher_pool"): ("local", "ray"),
     ("distributed", "placement"): ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
 }
@@ -306,6 +306,8 @@ def validate(cfg: Config) -> None:
     for section, key in NON_NEGATIVE:
         if getattr(getattr(cfg, section), key) < 0:
             raise ConfigError(f"config {section}.{key} must be >= 0, got {getattr(getattr(cfg, section), key)}")
+    if cfg.train.amp == "fp16" and cfg.train.device == "cpu":
+        raise ConfigError("config train.amp=fp16 needs a GPU (train.device=cuda or auto); on CPU use bf16 or none")
     if cfg.distributed.sync_bn and not cfg.distributed.use_gpu:
         raise ConfigError("config distributed.sync_bn needs distributed.use_gpu=true (torch's SyncBatchNorm is "
                           "CUDA-only)")

@@ -1,8 +1,8 @@
 """Real data sets, used only to train demo teachers and to evaluate (never by the data-free distillation).
 
-Reads the original distributions from a data directory: MNIST IDX files (gzipped or not), the CIFAR-10
-binary batches or python pickles, or an ImageFolder tree (train/ and test/ or val/). Where MNIST or
-CIFAR-10 are missing and the internet is reachable, torchvision fetches them.
+Reads the original distributions from a data directory: MNIST IDX files (gzipped or not), the CIFAR-10 and
+CIFAR-100 binary files or python pickles, or an ImageFolder tree (train/ and test/ or val/). Where MNIST or
+CIFAR are missing and the internet is reachable, torchvision fetches them.
 """
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from .errors import DataError
 
 MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
                "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
-STATS = {"mnist": ((0.1307,), (0.3081,)), "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))}
+STATS = {"mnist": ((0.1307,), (0.3081,)), "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+         "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))}
 DEFAULT_ROOTS = ("data", os.path.join("..", "shared", "datasets"))
 
 
@@ -96,41 +97,76 @@ def load_mnist(root: str, download: bool = True) -> ImageData:
     return ImageData(out[0], out[1], 10, (1, 32, 32))
 
 
-def _cifar_records(paths: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+@dataclass(frozen=True)
+class CifarLayout:
+    """Where one CIFAR variant keeps its files and labels, in the binary and the python (pickle) versions."""
+    name: str
+    num_classes: int
+    bin_dir: str
+    bin_files: tuple[str, ...]        # train files..., test file (last)
+    label_bytes: int                  # bytes before the pixels in a binary record
+    label_at: int                     # which of those bytes is the label (CIFAR-100: 1 = fine label)
+    py_dir: str
+    py_files: tuple[str, ...]
+    py_label_key: bytes
+
+
+CIFAR = {
+    "cifar10": CifarLayout("cifar10", 10, "cifar-10-batches-bin",
+                           tuple(f"data_batch_{i}.bin" for i in range(1, 6)) + ("test_batch.bin",), 1, 0,
+                           "cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",),
+                           b"labels"),
+    "cifar100": CifarLayout("cifar100", 100, "cifar-100-binary", ("train.bin", "test.bin"), 2, 1,
+                            "cifar-100-python", ("train", "test"), b"fine_labels"),
+}
+
+
+def _cifar_records(paths: list[str], layout: CifarLayout) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (N, 3, 32, 32) normalised and labels (N,) from binary records or python pickles."""
     if paths[0].endswith(".bin"):
+        record = layout.label_bytes + 3072
         raw = np.concatenate([np.fromfile(p, np.uint8) for p in paths])
-        if raw.size % 3073:
-            raise DataError(f"CIFAR-10 binary batches under {os.path.dirname(paths[0])} are truncated")
-        raw = raw.reshape(-1, 3073)
-        y, x = raw[:, 0].astype(np.int64), raw[:, 1:]
+        if raw.size == 0 or raw.size % record:
+            raise DataError(f"{layout.name} binary files under {os.path.dirname(paths[0])} are truncated "
+                            f"({raw.size} bytes is not a whole number of {record}-byte records)")
+        raw = raw.reshape(-1, record)
+        y, x = raw[:, layout.label_at].astype(np.int64), raw[:, layout.label_bytes:]
     else:
         xs, ys = [], []
         for p in paths:
-            with open(p, "rb") as f:
-                batch = pickle.load(f, encoding="bytes")
-            xs.append(batch[b"data"])
-            ys.extend(batch[b"labels"])
+            try:
+                with open(p, "rb") as f:
+                    batch = pickle.load(f, encoding="bytes")
+                xs.append(np.asarray(batch[b"data"], np.uint8).reshape(-1, 3072))
+                ys.extend(batch[layout.py_label_key])
+            except Exception as e:  # truncated pickle, wrong file, missing keys
+                raise DataError(f"{p}: not a readable {layout.name} python batch ({type(e).__name__})") from None
         x, y = np.concatenate(xs), np.asarray(ys, np.int64)
+        if len(x) != len(y):
+            raise DataError(f"{layout.name} python batches under {os.path.dirname(paths[0])}: {len(x)} images "
+                            f"but {len(y)} labels")
+    if y.size and (y.min() < 0 or y.max() >= layout.num_classes):
+        raise DataError(f"{layout.name} files under {os.path.dirname(paths[0])} hold labels outside "
+                        f"0..{layout.num_classes - 1}")
     x = torch.from_numpy(x.reshape(-1, 3, 32, 32).copy()).float().div_(255)
-    return normalize(x, "cifar10"), torch.from_numpy(y)
+    return normalize(x, layout.name), torch.from_numpy(y)
 
 
-def load_cifar10(root: str, download: bool = True) -> ImageData:
-    """CIFAR-10 from the binary version (cifar-10-batches-bin) or the python version (cifar-10-batches-py)."""
-    bin_names = tuple(f"data_batch_{i}.bin" for i in range(1, 6)) + ("test_batch.bin",)
-    py_names = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
-    d = _find(root, bin_names, ("cifar-10-batches-bin", "."))
-    names = bin_names
+def load_cifar(name: str, root: str, download: bool = True) -> ImageData:
+    """CIFAR-10 or CIFAR-100 from the binary version (cifar-10-batches-bin, cifar-100-binary) or the python
+    version (cifar-10-batches-py, cifar-100-python)."""
+    layout = CIFAR[name]
+    d, names = _find(root, layout.bin_files, (layout.bin_dir, ".")), layout.bin_files
     if d is None:
-        d, names = _find(root, py_names, ("cifar-10-batches-py", ".")), py_names
+        d, names = _find(root, layout.py_files, (layout.py_dir, ".")), layout.py_files
     if d is None and download:
-        d, names = _download(root, "cifar10"), py_names
+        d, names = _download(root, name), layout.py_files
     if d is None:
-        raise DataError(f"CIFAR-10 not found under {os.path.abspath(root)} (expected cifar-10-batches-bin/ or "
-                        "cifar-10-batches-py/); set --data-dir or CDKD_DATA_DIR")
-    train = TensorDataset(*_cifar_records([os.path.join(d, n) for n in names[:5]]))
-    test = TensorDataset(*_cifar_records([os.path.join(d, names[5])]))
-    return ImageData(train, test, 10, (3, 32, 32))
+        raise DataError(f"{name.upper().replace('CIFAR', 'CIFAR-')} not found under {os.path.abspath(root)} "
+                        f"(expected {layout.bin_dir}/ or {layout.py_dir}/); set --data-dir or CDKD_DATA_DIR")
+    train = TensorDataset(*_cifar_records([os.path.join(d, n) for n in names[:-1]], layout))
+    test = TensorDataset(*_cifar_records([os.path.join(d, names[-1])], layout))
+    return ImageData(train, test, layout.num_classes, (3, 32, 32))
 
 
 def load_imagefolder(root: str, image_size: int = 32) -> ImageData:
@@ -157,8 +193,11 @@ def _download(root: str, name: str) -> str | None:
             for train in (True, False):
                 datasets.MNIST(root, train=train, download=True)
             return os.path.join(root, "MNIST", "raw")
+        if name == "cifar100":
+            datasets.CIFAR100(root, train=True, download=True)
+            return os.path.join(root, CIFAR[name].py_dir)
         datasets.CIFAR10(root, train=True, download=True)
-        return os.path.join(root, "cifar-10-batches-py")
+        return os.path.join(root, CIFAR[name].py_dir)
     except Exception as e:  # offline, proxy, disk
         print(f"[cdkd] download failed: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}")
         return None
@@ -168,8 +207,8 @@ def load_data(name: str, root: str = "", download: bool = True) -> ImageData:
     root = resolve_root(root)
     if name == "mnist":
         return load_mnist(root, download)
-    if name == "cifar10":
-        return load_cifar10(root, download)
+    if name in CIFAR:
+        return load_cifar(name, root, download)
     if name == "imagefolder":
         return load_imagefolder(root)
-    raise DataError(f"unknown dataset {name!r} (mnist, cifar10, imagefolder)")
+    raise DataError(f"unknown dataset {name!r} (mnist, cifar10, cifar100, imagefolder)")

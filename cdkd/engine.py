@@ -14,6 +14,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.profiler import record_function
 
 from .config import Config
 from .errors import ConfigError, NonFiniteLossError
@@ -73,6 +74,9 @@ class Distiller(nn.Module):
             self.opt_s = torch.optim.Adam(self.student.parameters(), o.student_lr, weight_decay=o.weight_decay)
         self.opt_g = torch.optim.Adam(generator.parameters(), o.generator_lr)
         self.sched_s, self.sched_g = build_scheduler(self.opt_s, cfg), build_scheduler(self.opt_g, cfg)
+        # fp16 autocast (CUDA) needs loss scaling against gradient underflow; bf16 and fp32 do not (no-op then)
+        fp16 = cfg.train.amp == "fp16" and cfg.train.device != "cpu" and torch.cuda.is_available()
+        self.scaler_s, self.scaler_g = (torch.amp.GradScaler("cuda", enabled=fp16) for _ in range(2))
         self.step = 0
 
     @torch.no_grad()
@@ -82,10 +86,12 @@ class Distiller(nn.Module):
         outs = self.pool.describe(x)
         stages_s, feats_s = self.student.forward_features(x)
         dims = {o["pooled_dim"] for o in outs}
-        use_feat = self.lc.w_feat > 0 and dims == {feats_s.shape[-1]}
-        if self.lc.w_feat > 0 and not use_feat:
-            print(f"[cdkd] loss.w_feat ignored: teacher feature dims {sorted(map(str, dims))} != student's "
-                  f"{feats_s.shape[-1]} (as in CDFKD-MFS)")
+        use_feat = self.lc.w_feat > 0
+        if use_feat and (len(dims) != 1 or None in dims):
+            raise ConfigError(f"loss.w_feat={self.lc.w_feat} needs pooled features of one width from every "
+                              f"teacher, got {', '.join(sorted(map(str, dims)))}; set loss.w_feat=0")
+        if use_feat and dims != {feats_s.shape[-1]}:
+            self.student.project_features_to(dims.pop())
         at_stages = 0
         if self.lc.w_at > 0:
             for j, a_s in enumerate(stages_s):
@@ -149,12 +155,14 @@ class Distiller(nn.Module):
     def student_batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One student batch from G (and, for MAD, a second half from the slow-moving EMA generator)."""
         b = self.cfg.train.batch_size
-        x, y = self.sample(self.generator_fwd, b)
-        if self.ema is not None:
-            x2, y2 = self.sample(self.ema.module, b)
-            x, y = torch.cat([x, x2]), (torch.cat([y, y2]) if y is not None else None)
+        with record_function("generator.sample"):
+            x, y = self.sample(self.generator_fwd, b)
+            if self.ema is not None:
+                x2, y2 = self.sample(self.ema.module, b)
+                x, y = torch.cat([x, x2]), (torch.cat([y, y2]) if y is not None else None)
         return x, y
 
+    @record_function("student.step")
     def student_step(self, x: torch.Tensor, y: torch.Tensor | None, tgt: Targets) -> dict[str, float]:
         tgt = tgt.to(x.device)
         with self.amp():
@@ -162,32 +170,40 @@ class Distiller(nn.Module):
         loss, logs = student_objective(s.float(), feats.float(), stages[:self.at_stages], tgt, y, self.lc)
         self._check_finite(loss, "student")
         self.opt_s.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt_s.step()
+        self.scaler_s.scale(loss).backward()
+        self.scaler_s.step(self.opt_s)
+        self.scaler_s.update()
         return logs
 
     def generator_step(self) -> dict[str, float]:
         """One generator step, written as the teacher-side / student-side gradient split of spec 7.2."""
-        x, y = self.sample(self.generator_fwd, self.cfg.train.batch_size)  # keeps the graph to G
-        with self.amp():  # the plain student: only d/dx is wanted here, no parameter gradients to all-reduce
+        with record_function("generator.forward"):
+            x, y = self.sample(self.generator_fwd, self.cfg.train.batch_size)  # keeps the graph to G
+        with record_function("student.forward_g"), self.amp():  # plain student: only d/dx is wanted here
             s = self.student(x).float()                                   # (H, B, C), student in train mode
         k = self.pool.num_teachers
         s_pair = s.expand(k, *s.shape[1:]) if s.shape[0] == 1 else s
         # 1. teacher side: one call per teacher (group) returns sum_k g_k and the logits t_k
-        grad_t, t, logs_t = self.pool.generator_side(x.detach(), s_pair.detach(), y)
+        with record_function("teachers.generator_side"):
+            grad_t, t, logs_t = self.pool.generator_side(x.detach(), s_pair.detach(), y)
         grad_t, t = grad_t.to(x.device), t.to(x.device)
         adv, prior = logs_t["adv"] / k, logs_t["prior"] / k
         # 2. student side: d/dx of -w_adv D(s, t) through the student only (t fixed)
-        loss_s = student_side(s, t, self.lc)
-        grad_s = torch.autograd.grad(loss_s, x)[0] if loss_s.requires_grad else torch.zeros_like(x)
+        scale = self.scaler_g.get_scale() if self.scaler_g.is_enabled() else 1.0
+        with record_function("student.input_grad"):
+            loss_s = student_side(s, t, self.lc)
+            grad_s = torch.autograd.grad(loss_s * scale, x)[0] if loss_s.requires_grad else torch.zeros_like(x)
         total = loss_s.item() + prior
         self._check_finite(torch.tensor(total), "generator")
-        # 3. back-propagate the summed input gradient into G and step it
-        self.opt_g.zero_grad(set_to_none=True)
-        x.backward(grad_s + grad_t)
-        if self.cfg.optim.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.generator.parameters(), self.cfg.optim.grad_clip)
-        self.opt_g.step()
+        # 3. back-propagate the summed input gradient (times the fp16 loss scale, if any) into G and step it
+        with record_function("generator.backward"):
+            self.opt_g.zero_grad(set_to_none=True)
+            x.backward(grad_s + grad_t * scale)
+            if self.cfg.optim.grad_clip > 0:
+                self.scaler_g.unscale_(self.opt_g)
+                nn.utils.clip_grad_norm_(self.generator.parameters(), self.cfg.optim.grad_clip)
+            self.scaler_g.step(self.opt_g)
+            self.scaler_g.update()
         if self.ema is not None:
             self.ema.update_parameters(self.generator)
         return {"loss_g": total, "g_adv": adv, "g_prior": prior}
@@ -200,7 +216,10 @@ class Distiller(nn.Module):
         # G is fixed during the student phase, so all its batches are drawn first and the pool answers them
         # in one call per teacher group, streaming each batch's targets while earlier steps run.
         batches = [self.student_batch() for _ in range(self.cfg.train.student_steps)]
-        for (x, y), tgt in zip(batches, self.pool.targets([x for x, _ in batches])):
+        targets = self.pool.targets([x for x, _ in batches])
+        for x, y in batches:
+            with record_function("teachers.targets"):
+                tgt = next(targets)
             for key, v in self.student_step(x, y, tgt).items():
                 logs[key] = logs.get(key, 0.0) + v / self.cfg.train.student_steps
         logs.update(self.generator_step())
@@ -220,13 +239,15 @@ class Distiller(nn.Module):
         return {"student": self.student.state_dict(), "generator": self.generator.state_dict(),
                 "ema": self.ema.state_dict() if self.ema is not None else None,
                 "opt_s": self.opt_s.state_dict(), "opt_g": self.opt_g.state_dict(),
-                "sched_s": self.sched_s.state_dict(), "sched_g": self.sched_g.state_dict(), "step": self.step}
+                "sched_s": self.sched_s.state_dict(), "sched_g": self.sched_g.state_dict(), "step": self.step,
+                "scaler_s": self.scaler_s.state_dict(), "scaler_g": self.scaler_g.state_dict()}
 
     def load_state(self, state: dict) -> None:
         self.student.load_state_dict(state["student"])
         self.generator.load_state_dict(state["generator"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
-        for name in ("opt_s", "opt_g", "sched_s", "sched_g"):
-            getattr(self, name).load_state_dict(state[name])
+        for name in ("opt_s", "opt_g", "sched_s", "sched_g", "scaler_s", "scaler_g"):
+            if name in state:  # (checkpoints from before loss scaling have no scaler state)
+                getattr(self, name).load_state_dict(state[name])
         self.step = state["step"]

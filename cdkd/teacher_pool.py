@@ -22,7 +22,7 @@ import torch.nn as nn
 from .config import LossConfig
 from .losses import attention_map
 from .objectives import Targets, teacher_side
-from .teachers import Teacher
+from .teachers import Teacher, validate_teachers
 
 
 @dataclass
@@ -37,6 +37,10 @@ class PoolSpec:
 
 class TeacherPool(Protocol):
     num_teachers: int
+    num_classes: int
+    input_shape: tuple[int, ...]
+    names: list[str]
+    params: int
 
     def configure(self, spec: PoolSpec) -> None: ...
     def describe(self, x: torch.Tensor) -> list[dict[str, Any]]: ...
@@ -72,6 +76,16 @@ class TeacherGroup(nn.Module):
         self.teachers = nn.ModuleList(teachers)
         self.num_teachers = len(teachers)
         self.spec = spec or PoolSpec(num_teachers=len(teachers))
+        self.names = [t.name for t in teachers]
+        self.params = sum(p.numel() for t in teachers for p in t.model.parameters())
+        self.num_classes, self.input_shape = 0, tuple(teachers[0].input_shape or ()) if teachers else ()
+
+    @classmethod
+    def validated(cls, teachers: list[Teacher], input_shape: tuple[int, ...] | None = None) -> "TeacherGroup":
+        """A group whose teachers agree on input shape and classes (else TeacherError naming the odd one)."""
+        group = cls(teachers)
+        group.num_classes, group.input_shape = validate_teachers(teachers, input_shape)
+        return group
 
     def configure(self, spec: PoolSpec) -> None:
         self.spec = spec

@@ -36,6 +36,7 @@ class TimmAdapter(nn.Module):
         super().__init__()
         self.model = model
         self.num_classes = model.num_classes
+        self.feature_info = list(getattr(model, "feature_info", []))
 
     def forward_features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         if hasattr(self.model, "forward_intermediates"):

@@ -30,7 +30,7 @@ from .registry import MODELS
 from .progress import Progress
 from .supervised import predictions, subset
 from .teacher_pool import TeacherGroup, TeacherPool
-from .teachers import load_teacher, validate_teachers
+from .teachers import load_teacher
 
 
 @dataclass
@@ -66,23 +66,16 @@ def build(cfg: Config, with_data: bool = True, pool: TeacherPool | None = None,
         raise ConfigError("no teachers configured (teachers: [{path: ...}, ...])")
     data = load_data(cfg.data.name, cfg.data.root, cfg.data.download) if with_data else None
     if pool is None:
-        teachers = [load_teacher(spec) for spec in cfg.teachers]
-        num_classes, shape = validate_teachers(teachers, data.input_shape if data else None)
-        pool = TeacherGroup(teachers)
-        names, teacher_params = [t.name for t in teachers], sum(num_params(t.model) for t in teachers)
-    else:
-        num_classes, shape = pool.num_classes, pool.input_shape
-        names, teacher_params = pool.names, pool.params
-        if data is not None and tuple(data.input_shape) != tuple(shape):
-            raise CdkdError(f"teachers expect input {tuple(shape)} but data set {cfg.data.name!r} has "
-                            f"{tuple(data.input_shape)}")
+        pool = TeacherGroup.validated([load_teacher(spec) for spec in cfg.teachers],
+                                      data.input_shape if data else None)
+    num_classes, shape = pool.num_classes, pool.input_shape
+    if data is not None and tuple(data.input_shape) != tuple(shape):
+        raise CdkdError(f"teachers expect input {tuple(shape)} but data set {cfg.data.name!r} has "
+                        f"{tuple(data.input_shape)}")
     if data is not None and data.num_classes != num_classes:
         raise CdkdError(f"teachers predict {num_classes} classes but data set {cfg.data.name!r} has {data.num_classes}")
     torch.manual_seed(cfg.train.seed)  # after loading teachers: their construction must not shift the student's init
-    student_kwargs = {"num_classes": num_classes, "in_chans": shape[0], **cfg.model.student_kwargs}
-    if "num_headers" in inspect.signature(MODELS.get(cfg.model.student)).parameters:
-        student_kwargs.setdefault("num_headers", pool.num_teachers)  # header k imitates teacher k
-    student = create_model(cfg.model.student, **student_kwargs)
+    student = create_model(cfg.model.student, **student_kwargs(cfg, pool, num_classes, shape))
     gen_kwargs = dict(nz=cfg.model.nz, ngf=cfg.model.ngf, img_size=shape[-1], nc=shape[0])
     if cfg.model.generator.startswith("cond"):
         gen_kwargs["num_classes"] = num_classes
@@ -92,9 +85,22 @@ def build(cfg: Config, with_data: bool = True, pool: TeacherPool | None = None,
         if cfg.train.amp_scope == "all":
             student = student.to(memory_format=torch.channels_last)
     distiller = Distiller(cfg, pool, student, generator, num_classes).to(device)
-    info = {"num_classes": num_classes, "student_params": num_params(distiller.student),
-            "teacher_params": teacher_params, "teachers": names}
+    info = {"num_classes": num_classes, "student_params": distiller.student.deployed_params(),
+            "teacher_params": pool.params, "teachers": pool.names}
     return Run(cfg, distiller, data, shape, device, info)
+
+
+def student_kwargs(cfg: Config, pool: TeacherPool, num_classes: int, shape: tuple[int, ...]) -> dict[str, Any]:
+    """The student factory's arguments: classes and channels of the teachers, one header per teacher."""
+    params = inspect.signature(MODELS.get(cfg.model.student)).parameters
+    unknown = sorted(set(cfg.model.student_kwargs) - set(params))
+    if unknown:
+        raise ConfigError(f"model.student_kwargs: {cfg.model.student!r} takes no {', '.join(map(repr, unknown))} "
+                          f"(it takes {', '.join(params)})")
+    kwargs = {"num_classes": num_classes, "in_chans": shape[0], **cfg.model.student_kwargs}
+    if "num_headers" in params:
+        kwargs.setdefault("num_headers", pool.num_teachers)  # header k imitates teacher k
+    return kwargs
 
 
 @torch.no_grad()

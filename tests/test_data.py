@@ -63,3 +63,55 @@ def test_imagefolder(tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "test" / "bird" / "0.png")
     with pytest.raises(DataError, match="different classes"):
         load_data("imagefolder", str(tmp_path))
+
+
+def _cifar100_files(root, layout, n_train=6, n_test=3, truncate=False):
+    """Tiny CIFAR-100 files in the real formats: python pickles (fine_labels) or 3074-byte binary records."""
+    import pickle
+
+    import numpy as np
+    rng = np.random.default_rng(0)
+    fine = {"train": [0, 5, 17, 42, 98, 99][:n_train], "test": [99, 3, 64][:n_test]}
+    if layout == "python":
+        d = root / "cifar-100-python"
+        d.mkdir()
+        for split, labels in fine.items():
+            batch = {b"data": rng.integers(0, 256, (len(labels), 3072), dtype=np.uint8), b"fine_labels": labels,
+                     b"coarse_labels": [lab // 5 for lab in labels]}
+            with open(d / split, "wb") as f:
+                pickle.dump(batch, f)
+    else:
+        d = root / "cifar-100-binary"
+        d.mkdir()
+        for split, labels in fine.items():
+            recs = [bytes([lab // 5, lab]) + rng.integers(0, 256, 3072, dtype=np.uint8).tobytes() for lab in labels]
+            data = b"".join(recs)
+            (d / f"{split}.bin").write_bytes(data[:-10] if truncate and split == "test" else data)
+    return fine
+
+
+@pytest.mark.parametrize("layout", ["python", "binary"])
+def test_cifar100_layouts(tmp_path, layout):
+    """CIFAR-100 (not on these machines) from synthetic files in both official layouts: fine labels, 100 classes."""
+    fine = _cifar100_files(tmp_path, layout)
+    data = load_data("cifar100", str(tmp_path), download=False)
+    assert data.num_classes == 100 and data.input_shape == (3, 32, 32)
+    assert [int(data.train[i][1]) for i in range(len(data.train))] == fine["train"]
+    assert [int(data.test[i][1]) for i in range(len(data.test))] == fine["test"]
+
+
+def test_cifar100_missing_or_truncated(tmp_path):
+    with pytest.raises(DataError, match=r"CIFAR-100 not found under .*cifar-100-binary/ or cifar-100-python/"):
+        load_data("cifar100", str(tmp_path), download=False)
+    _cifar100_files(tmp_path, "binary", truncate=True)
+    with pytest.raises(DataError, match="truncated"):
+        load_data("cifar100", str(tmp_path), download=False)
+
+
+def test_corrupt_cifar_pickle(tmp_path):
+    d = tmp_path / "cifar-100-python"
+    d.mkdir()
+    (d / "train").write_bytes(b"\x80\x04garbage")
+    (d / "test").write_bytes(b"")
+    with pytest.raises(DataError, match="not a readable cifar100 python batch"):
+        load_data("cifar100", str(tmp_path), download=False)

@@ -6,8 +6,9 @@ from cdkd.models import create_model, list_models, num_params
 from cdkd.models.students import SingleHeadStudent
 
 CLASSIFIERS = {"lenet5": (1, 32), "lenet5_half": (1, 32), "resnet18": (3, 32), "resnet34": (3, 32),
-               "wrn_16_2": (3, 32), "wrn_40_2": (3, 32)}
-STUDENTS = {"mfs_lenet5_half": (1, 32), "mh_lenet5_half": (1, 32), "mfs_resnet18": (3, 32), "smh_resnet18": (3, 32)}
+               "wrn_16_1": (3, 32), "wrn_16_2": (3, 32), "wrn_40_2": (3, 32)}
+STUDENTS = {"mfs_lenet5_half": (1, 32), "mh_lenet5_half": (1, 32), "mfs_resnet18": (3, 32), "smh_resnet18": (3, 32),
+            "mfs_wrn_16_1": (3, 32), "mfs_wrn_16_2": (3, 32)}
 GENERATORS = {"generator32": {"img_size": 32}, "cond_generator32": {"img_size": 32}, "generator_large": {"img_size": 64}}
 
 
@@ -25,6 +26,17 @@ def test_classifier_shapes_and_interface(name):
     assert pooled.shape == (2, m.feature_dim)
     assert all(a.shape[0] == 2 and a.dim() == 4 for a in stages)
     assert torch.equal(m(x), m.forward_head(pooled)) and m(x).shape == (2, 7)
+    assert_feature_info(m, stages, s)
+
+
+def assert_feature_info(m, stages, size):
+    """timm's feature_info: one entry per stage map, with its channels, stride and an existing module name."""
+    assert len(m.feature_info) == len(stages)
+    modules = dict(m.named_modules())
+    for info, a in zip(m.feature_info, stages):
+        assert info["num_chs"] == a.shape[1]
+        assert round(size / a.shape[-1]) == info["reduction"]
+        assert info["module"] in modules, info
 
 
 @pytest.mark.parametrize("name", sorted(STUDENTS))
@@ -37,6 +49,7 @@ def test_multi_header_student_shapes(name):
     assert feats.shape == (4, 3, m.feature_dim)
     assert m(x).shape == (4, 3, 5)
     assert torch.equal(m(x), m.forward_head(feats))
+    assert_feature_info(m, stages, s)
 
 
 def test_headers_are_independent():
@@ -55,8 +68,28 @@ def test_mfs_resnet18_taps_all_levels():
 
 
 def test_student_budget_against_ensemble():
-    """The benchmark student has at most 1/8 of the parameters of three LeNet-5 teachers."""
+    """The benchmark students have at most 1/8 of the parameters of their three teachers."""
     assert num_params(create_model("mfs_lenet5_half")) * 8 <= 3 * num_params(create_model("lenet5"))
+    assert num_params(create_model("mfs_wrn_16_1")) * 8 <= 3 * num_params(create_model("wrn_16_2"))
+
+
+def test_mfs_wrn_taps_all_levels():
+    """Spec 2.2c: encoders ch0->ch1, 2ch1->ch2, 2ch2->ch2 to 16, 8, 4 px; 4x4 pool -> ch2-d feature."""
+    m = create_model("mfs_wrn_16_2", num_classes=10)
+    pw = [enc.body[-3] for enc in m.headers[0].encoders]
+    assert [(p.in_channels, p.out_channels) for p in pw] == [(32, 64), (128, 128), (256, 128)]
+    assert m.feature_dim == 128
+
+
+def test_training_only_feature_projection():
+    """A projection to the teachers' width feeds the feature loss only: logits and deployed size unchanged."""
+    m = create_model("mfs_wrn_16_1", num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    before, n = m(x), m.deployed_params()
+    m.project_features_to(128)
+    _, feats, logits = m(x, features=True)
+    assert feats.shape == (3, 2, 128) and torch.equal(logits, before)
+    assert m.deployed_params() == n < num_params(m)
 
 
 @pytest.mark.parametrize("name", sorted(GENERATORS))

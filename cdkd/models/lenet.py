@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 
 from ..registry import MODELS
+from .base import Classifier, prefixed, stage_info
 
 
 def conv_bn_relu(c_in: int, c_out: int, k: int, pool: bool) -> nn.Sequential:
@@ -21,6 +22,7 @@ class LeNetTrunk(nn.Module):
         super().__init__()
         c1, c2, c3 = widths
         self.widths = widths
+        self.feature_info = stage_info(widths, (2, 6, 32), ["stage1", "stage2", "stage3"])  # 14, 5, 1 px of 32
         self.stage1 = conv_bn_relu(in_chans, c1, 5, pool=True)
         self.stage2 = conv_bn_relu(c1, c2, 5, pool=True)
         self.stage3 = conv_bn_relu(c2, c3, 5, pool=False)
@@ -32,7 +34,7 @@ class LeNetTrunk(nn.Module):
         return [u1, u2, u3]
 
 
-class LeNet5(nn.Module):
+class LeNet5(Classifier):
     def __init__(self, num_classes: int = 10, in_chans: int = 1, widths: tuple[int, int, int] = (6, 16, 120),
                  hidden: int = 84) -> None:
         super().__init__()
@@ -41,16 +43,11 @@ class LeNet5(nn.Module):
         self.trunk = LeNetTrunk(in_chans, widths)
         self.fc = nn.Sequential(nn.Linear(widths[2], hidden), nn.ReLU(inplace=True))
         self.classifier = nn.Linear(hidden, num_classes)
+        self.feature_info = prefixed(self.trunk.feature_info, "trunk")
 
     def forward_features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         stages = self.trunk(x)
         return stages, self.fc(stages[-1].flatten(1))
-
-    def forward_head(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.classifier(pooled)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x)[1])
 
 
 @MODELS.register

@@ -6,6 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..registry import MODELS
+from .base import Classifier, prefixed, stage_info
 
 
 class BasicBlock(nn.Module):
@@ -31,6 +32,7 @@ class ResNetTrunk(nn.Module):
     def __init__(self, depths: tuple[int, ...], width: int, in_chans: int) -> None:
         super().__init__()
         self.widths = [width, 2 * width, 4 * width, 8 * width]
+        self.feature_info = stage_info(self.widths, (1, 2, 4, 8), [f"stages.{i}" for i in range(4)])
         self.stem = nn.Sequential(nn.Conv2d(in_chans, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width),
                                   nn.ReLU(inplace=True))
         stages, c_in = [], width
@@ -49,23 +51,18 @@ class ResNetTrunk(nn.Module):
         return out
 
 
-class ResNet(nn.Module):
+class ResNet(Classifier):
     def __init__(self, depths: tuple[int, ...], num_classes: int = 10, width: int = 64, in_chans: int = 3) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.trunk = ResNetTrunk(depths, width, in_chans)
         self.feature_dim = self.trunk.widths[-1]
+        self.feature_info = prefixed(self.trunk.feature_info, "trunk")
         self.classifier = nn.Linear(self.feature_dim, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         stages = self.trunk(x)
         return stages, F.adaptive_avg_pool2d(stages[-1], 1).flatten(1)
-
-    def forward_head(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.classifier(pooled)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x)[1])
 
 
 @MODELS.register

@@ -4,6 +4,10 @@
 chain of SepConv encoders, a_j = E_j(concat(u_j, a_{j-1})). `mh_*`/`smh_*` are the simpler students
 (spec 2.2d/e): the headers only branch off the last trunk level.
 Outputs are stacked on a leading header axis: logits (K, B, C), pooled features (K, B, D).
+
+`feature_dim`: each header ends in a projection (Linear + ReLU) to this width before its classifier (None
+keeps the header's own width). When the teachers' pooled features are wider or narrower, the engine gives the
+student a training-only projection for the feature L1 instead (`StudentBase.project_features_to`).
 """
 from __future__ import annotations
 
@@ -14,8 +18,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..registry import MODELS
+from .base import prefixed
 from .lenet import LeNetTrunk
 from .resnet import ResNetTrunk
+from .wide_resnet import WideTrunk
 
 
 class SepConv(nn.Module):
@@ -70,13 +76,36 @@ class BranchHeader(nn.Module):
 
 
 class StudentBase(nn.Module):
-    """What the engine calls on any student: forward_features (stages, pooled (K, B, D)) and forward_head."""
+    """What the engine calls on any student: forward_features (stages, pooled (K, B, D)) and forward_head.
+
+    `feature_info` describes the shared stage maps (timm's format), as on every classifier.
+    """
 
     def forward(self, x: torch.Tensor, features: bool = False):
-        """Logits (K, B, C); with `features`, (stages, pooled (K, B, D), logits) from one call (as DDP needs)."""
+        """Logits (K, B, C); with `features`, (stages, pooled (K, B, D), logits) from one call (as DDP needs).
+
+        With a feature projection (`project_features_to`), the returned pooled features are the projected ones.
+        """
         stages, feats = self.forward_features(x)
         s = self.forward_head(feats)
-        return (stages, feats, s) if features else s
+        if not features:
+            return s
+        proj = getattr(self, "feature_proj", None)  # (a submodule only once project_features_to ran)
+        if proj is not None:
+            feats = torch.stack([p(f) for p, f in zip(proj, feats)])
+        return stages, feats, s
+
+    def project_features_to(self, dim: int) -> None:
+        """Give each header a linear map of its pooled feature to width `dim` (the teachers'), so the feature L1
+        of spec 2.3 runs when widths differ (FitNets' regressor). Training-only: logits never pass through it,
+        and `deployed_params` leaves it out."""
+        self.feature_proj = nn.ModuleList(nn.Linear(self.feature_dim, dim) for _ in range(self.num_headers))
+
+    def deployed_params(self) -> int:
+        """Parameters of the model that predicts (the training-only feature projection excluded)."""
+        proj = getattr(self, "feature_proj", None)
+        extra = sum(p.numel() for p in proj.parameters()) if proj is not None else 0
+        return sum(p.numel() for p in self.parameters()) - extra
 
 
 class MultiHeaderStudent(StudentBase):
@@ -87,6 +116,7 @@ class MultiHeaderStudent(StudentBase):
         self.num_classes = num_classes
         self.num_headers = len(headers)
         self.feature_dim = headers[0].classifier.in_features
+        self.feature_info = prefixed(trunk.feature_info, "trunk")
 
     def forward_features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         stages = self.trunk(x)
@@ -105,6 +135,7 @@ class SingleHeadStudent(StudentBase):
         self.num_classes = model.num_classes
         self.num_headers = 1
         self.feature_dim = model.feature_dim
+        self.feature_info = model.feature_info
 
     def forward_features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         stages, pooled = self.model.forward_features(x)
@@ -119,43 +150,84 @@ def as_student(model: nn.Module) -> nn.Module:
 
 
 @MODELS.register
-def mfs_resnet18(num_classes: int = 10, num_headers: int = 3, width: int = 64, in_chans: int = 3) -> MultiHeaderStudent:
+def mfs_resnet18(num_classes: int = 10, num_headers: int = 3, width: int = 64, in_chans: int = 3,
+                 feature_dim: int | None = None) -> MultiHeaderStudent:
+    """Spec 2.2a (`mhresnet8x18`): ResNet-18 trunk, 4 SepConv encoders per header, 512-d feature."""
     trunk = ResNetTrunk((2, 2, 2, 2), width, in_chans)
     w = trunk.widths
 
     def header() -> MFSHeader:
         encs = [SepConv(w[0], w[1]), SepConv(2 * w[1], w[2]), SepConv(2 * w[2], w[3]), SepConv(2 * w[3], w[3])]
-        return MFSHeader(encs, w[3], None, num_classes)
+        return MFSHeader(encs, w[3], _proj(w[3], feature_dim), num_classes)
+
+    return MultiHeaderStudent(trunk, [header() for _ in range(num_headers)], num_classes)
+
+
+def _proj(width: int, feature_dim: int | None) -> int | None:
+    """The header projection's width: the requested feature width, or none where the header already has it."""
+    return feature_dim if feature_dim and feature_dim != width else None
+
+
+def _wrn_mfs(widen: int, num_classes: int, num_headers: int, in_chans: int, feature_dim: int | None,
+             double: bool) -> MultiHeaderStudent:
+    """Spec 2.2c (`mhwrn4x16*`): WRN-16 trunk (no final BN-ReLU); 3 encoders per header to 16, 8, 4 px."""
+    trunk = WideTrunk(16, widen, in_chans)
+    c = trunk.widths
+
+    def header() -> MFSHeader:
+        encs = [SepConv(c[0], c[1], double=double), SepConv(2 * c[1], c[2], double=double),
+                SepConv(2 * c[2], c[2], double=double)]
+        return MFSHeader(encs, c[2], _proj(c[2], feature_dim), num_classes)
 
     return MultiHeaderStudent(trunk, [header() for _ in range(num_headers)], num_classes)
 
 
 @MODELS.register
-def mfs_lenet5_half(num_classes: int = 10, num_headers: int = 3, in_chans: int = 1) -> MultiHeaderStudent:
-    """LeNet-5-half trunk (3@14x14, 8@5x5, 60@1x1); each header: 14x14 -> 5x5 -> 1x1 encoders, 24-d feature."""
+def mfs_wrn_16_1(num_classes: int = 10, num_headers: int = 3, in_chans: int = 3, feature_dim: int | None = None,
+                 double: bool = False) -> MultiHeaderStudent:
+    """WRN-16-1 trunk + 3 headers. Single SepConv encoders by default (`double=True` is the spec's MTAN
+    encoder): 3 x WRN-16-2 -> this student must stay within 1/8 of the ensemble's 2.09M parameters, and the
+    double encoders plus a 64->128 feature projection per header would take it to 0.32M (1/6.5)."""
+    return _wrn_mfs(1, num_classes, num_headers, in_chans, feature_dim, double)
+
+
+@MODELS.register
+def mfs_wrn_16_2(num_classes: int = 10, num_headers: int = 3, in_chans: int = 3, feature_dim: int | None = None,
+                 double: bool = True) -> MultiHeaderStudent:
+    return _wrn_mfs(2, num_classes, num_headers, in_chans, feature_dim, double)
+
+
+@MODELS.register
+def mfs_lenet5_half(num_classes: int = 10, num_headers: int = 3, in_chans: int = 1,
+                    feature_dim: int | None = None) -> MultiHeaderStudent:
+    """LeNet-5-half trunk (3@14x14, 8@5x5, 60@1x1); each header: 14x14 -> 5x5 -> 1x1 encoders, then a
+    projection to `feature_dim` (24 unless the teachers' width is asked for)."""
     trunk = LeNetTrunk(in_chans, (3, 8, 60))
 
     def header() -> MFSHeader:
         encs = [SepConv(3, 8, k=5, stride=2, padding=0, double=False),
                 SepConv(16, 24, k=5, stride=1, padding=0, double=False)]
-        return MFSHeader(encs, 60 + 24, 24, num_classes)
+        return MFSHeader(encs, 60 + 24, feature_dim or 24, num_classes)
 
     return MultiHeaderStudent(trunk, [header() for _ in range(num_headers)], num_classes)
 
 
 @MODELS.register
-def smh_resnet18(num_classes: int = 10, num_headers: int = 3, width: int = 64, in_chans: int = 3) -> MultiHeaderStudent:
+def smh_resnet18(num_classes: int = 10, num_headers: int = 3, width: int = 64, in_chans: int = 3,
+                 feature_dim: int | None = None) -> MultiHeaderStudent:
     """Spec 2.2d: shared trunk up to layer4's last block; each header owns a copy of that block."""
     trunk = ResNetTrunk((2, 2, 2, 2), width, in_chans)
     last = trunk.stages[3][-1]
     trunk.stages[3] = trunk.stages[3][:-1]
-    headers = [BranchHeader(copy.deepcopy(last), trunk.widths[3], None, num_classes) for _ in range(num_headers)]
+    headers = [BranchHeader(copy.deepcopy(last), trunk.widths[3], _proj(trunk.widths[3], feature_dim), num_classes)
+               for _ in range(num_headers)]
     return MultiHeaderStudent(trunk, headers, num_classes)
 
 
 @MODELS.register
-def mh_lenet5_half(num_classes: int = 10, num_headers: int = 3, in_chans: int = 1) -> MultiHeaderStudent:
+def mh_lenet5_half(num_classes: int = 10, num_headers: int = 3, in_chans: int = 1,
+                   feature_dim: int | None = None) -> MultiHeaderStudent:
     """Spec 2.2e: shared LeNet-5-half convs; each header owns the two fully connected layers."""
     trunk = LeNetTrunk(in_chans, (3, 8, 60))
-    headers = [BranchHeader(nn.Identity(), 60, 42, num_classes) for _ in range(num_headers)]
+    headers = [BranchHeader(nn.Identity(), 60, feature_dim or 42, num_classes) for _ in range(num_headers)]
     return MultiHeaderStudent(trunk, headers, num_classes)

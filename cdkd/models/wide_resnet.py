@@ -1,4 +1,4 @@
-"""Wide ResNet (Zagoruyko & Komodakis) for 32x32 inputs: WRN-16-2 and WRN-40-2."""
+"""Wide ResNet (Zagoruyko & Komodakis) for 32x32 inputs: WRN-16-1/16-2/40-2 (the CDFKD-MFS CIFAR zoo)."""
 from __future__ import annotations
 
 import torch
@@ -6,6 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..registry import MODELS
+from .base import Classifier, prefixed, stage_info
 
 
 class WideBlock(nn.Module):
@@ -26,15 +27,16 @@ class WideBlock(nn.Module):
         return y + (x if self.shortcut is None else self.shortcut(o))
 
 
-class WideResNet(nn.Module):
-    def __init__(self, depth: int, widen: int, num_classes: int = 10, in_chans: int = 3) -> None:
+class WideTrunk(nn.Module):
+    """Stem conv + 3 stages of pre-activation blocks; returns each stage's output (u_1..u_3, spec 2.2c)."""
+
+    def __init__(self, depth: int, widen: int, in_chans: int = 3) -> None:
         super().__init__()
         if (depth - 4) % 6:
             raise ValueError(f"WRN depth must be 6n+4, got {depth}")
         n = (depth - 4) // 6
         self.widths = [16 * widen, 32 * widen, 64 * widen]
-        self.num_classes = num_classes
-        self.feature_dim = self.widths[-1]
+        self.feature_info = stage_info(self.widths, (1, 2, 4), [f"stages.{i}" for i in range(3)])
         self.stem = nn.Conv2d(in_chans, 16, 3, 1, 1, bias=False)
         stages, c_in = [], 16
         for i, c_out in enumerate(self.widths):
@@ -42,22 +44,33 @@ class WideResNet(nn.Module):
                                           for j in range(n)]))
             c_in = c_out
         self.stages = nn.ModuleList(stages)
-        self.bn = nn.BatchNorm2d(c_in)
-        self.classifier = nn.Linear(c_in, num_classes)
 
-    def forward_features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         out, x = [], self.stem(x)
         for stage in self.stages:
             x = stage(x)
             out.append(x)
-        pooled = F.adaptive_avg_pool2d(F.relu(self.bn(x)), 1).flatten(1)
-        return out, pooled
+        return out
 
-    def forward_head(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.classifier(pooled)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x)[1])
+class WideResNet(Classifier):
+    def __init__(self, depth: int, widen: int, num_classes: int = 10, in_chans: int = 3) -> None:
+        super().__init__()
+        self.trunk = WideTrunk(depth, widen, in_chans)
+        self.num_classes = num_classes
+        self.feature_dim = self.trunk.widths[-1]
+        self.feature_info = prefixed(self.trunk.feature_info, "trunk")
+        self.bn = nn.BatchNorm2d(self.feature_dim)
+        self.classifier = nn.Linear(self.feature_dim, num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        stages = self.trunk(x)
+        return stages, F.adaptive_avg_pool2d(F.relu(self.bn(stages[-1])), 1).flatten(1)
+
+
+@MODELS.register
+def wrn_16_1(num_classes: int = 10, in_chans: int = 3) -> WideResNet:
+    return WideResNet(16, 1, num_classes, in_chans)
 
 
 @MODELS.register
