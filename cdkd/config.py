@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -294,8 +295,24 @@ def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] 
     return make_config(data, overrides)
 
 
+def _non_finite(obj: Any, where: str = "") -> str | None:
+    """The dotted name of the first NaN or infinite float in the config (range checks cannot see NaN)."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            bad = _non_finite(value, f"{where}{f.name}.")
+            if bad:
+                return bad
+        elif isinstance(value, float) and not math.isfinite(value):
+            return f"{where}{f.name}={value}"
+    return None
+
+
 def validate(cfg: Config) -> None:
     """Value checks that the types cannot express; raise ConfigError naming the key."""
+    bad = _non_finite(cfg)
+    if bad:
+        raise ConfigError(f"config {bad}: must be a finite number")
     for (section, key), allowed in CHOICES.items():
         if getattr(getattr(cfg, section), key) not in allowed:
             raise ConfigError(f"config {section}.{key}={getattr(getattr(cfg, section), key)!r}: "

@@ -35,7 +35,8 @@ class MetricsWriter:
     def flush(self) -> None:
         if not self.rows:
             return
-        table = pa.Table.from_pylist(self.rows)
+        keys = list(dict.fromkeys(k for row in self.rows for k in row))  # every key any row logged, in order
+        table = pa.Table.from_pylist([{k: row.get(k) for k in keys} for row in self.rows])  # absent -> null
         first, last = int(self.rows[0]["iteration"]), int(self.rows[-1]["iteration"])
         path = os.path.join(self.directory, f"part-{first:08d}-{last:08d}.parquet")
         pq.write_table(table, path + ".tmp")

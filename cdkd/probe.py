@@ -81,7 +81,7 @@ def build_probe(pool: TeacherPool, num_classes: int, input_shape: tuple[int, ...
             "input_shape": tuple(input_shape), "num_classes": num_classes, "seed": pc.seed, "steps": steps}
 
 
-def load_probe(path: str, num_classes: int, input_shape: tuple[int, ...]) -> dict[str, Any]:
+def load_probe(path: str, num_classes: int, input_shape: tuple[int, ...], teachers: str = "") -> dict[str, Any]:
     try:
         probe = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
@@ -91,20 +91,25 @@ def load_probe(path: str, num_classes: int, input_shape: tuple[int, ...]) -> dic
     if probe["num_classes"] != num_classes or tuple(probe["input_shape"]) != tuple(input_shape):
         raise CdkdError(f"probe file {path} was built for {probe['num_classes']} classes, input "
                         f"{tuple(probe['input_shape'])}; these teachers have {num_classes}, {tuple(input_shape)}")
+    if teachers and probe.get("teachers") != teachers:
+        raise CdkdError(f"probe file {path} was built for other teachers (fingerprint {probe.get('teachers')}, "
+                        f"these are {teachers}); delete it, or set probe.path to a new file")
     return probe
 
 
 def ensure_probe(pool: TeacherPool, num_classes: int, input_shape: tuple[int, ...], cfg: Config,
-                 restore: PoolSpec | None = None, device: torch.device | str = "cpu") -> dict[str, Any] | None:
+                 restore: PoolSpec | None = None, device: torch.device | str = "cpu"
+                 ) -> tuple[dict[str, Any] | None, bool]:
     """Load the probe set of this run (or sweep), building and saving it first if it does not exist yet.
 
-    Building reconfigures `pool`; `restore` is the spec to put back (the engine's) afterwards.
+    Returns (probe or None, whether it was built now). Building reconfigures `pool`; `restore` is the spec to
+    put back (the engine's) afterwards.
     """
     if cfg.probe.samples == 0:
-        return None
+        return None, False
     path = probe_path(cfg)
     if os.path.exists(path):
-        return load_probe(path, num_classes, input_shape)
+        return load_probe(path, num_classes, input_shape, pool.fingerprint), False
     print(f"[cdkd] building the probe set ({cfg.probe.samples} inputs, {cfg.probe.steps} probe-generator steps) "
           f"-> {path}")
     try:
@@ -112,8 +117,9 @@ def ensure_probe(pool: TeacherPool, num_classes: int, input_shape: tuple[int, ..
     finally:
         if restore is not None:
             pool.configure(restore)
+    probe["teachers"] = pool.fingerprint
     atomic_save(probe, path)
-    return probe
+    return probe, True
 
 
 @torch.no_grad()

@@ -12,6 +12,7 @@ teacher actor (`cdkd.distributed.teacher_actors`) hosts one, so the two pools ca
 """
 from __future__ import annotations
 
+import hashlib
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Protocol
@@ -41,6 +42,7 @@ class TeacherPool(Protocol):
     input_shape: tuple[int, ...]
     names: list[str]
     params: int
+    fingerprint: str
 
     def configure(self, spec: PoolSpec) -> None: ...
     def describe(self, x: torch.Tensor) -> list[dict[str, Any]]: ...
@@ -57,6 +59,11 @@ def autocast(device_type: str, amp: str) -> torch.autocast | nullcontext:
     if amp == "fp16" and device_type == "cuda":
         return torch.autocast(device_type, dtype=torch.float16)
     return nullcontext()
+
+
+def fingerprint(names: list[str], state_hashes: list[str]) -> str:
+    """Which teachers, in which order, with which weights: files built from the teachers (the probe set) carry it."""
+    return hashlib.sha1("|".join(f"{n}:{h}" for n, h in zip(names, state_hashes)).encode()).hexdigest()[:16]
 
 
 def merge_targets(parts: list[Targets]) -> Targets:
@@ -78,6 +85,7 @@ class TeacherGroup(nn.Module):
         self.spec = spec or PoolSpec(num_teachers=len(teachers))
         self.names = [t.name for t in teachers]
         self.params = sum(p.numel() for t in teachers for p in t.model.parameters())
+        self.fingerprint = fingerprint(self.names, [t.state_hash for t in teachers])
         self.num_classes, self.input_shape = 0, tuple(teachers[0].input_shape or ()) if teachers else ()
 
     @classmethod

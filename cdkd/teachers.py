@@ -6,6 +6,7 @@ between calls (the BN hooks only collect while `forward(..., bn_stats=True)` run
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,6 +66,7 @@ class Teacher(nn.Module):
                 if isinstance(m, _BatchNorm):
                     m.register_forward_pre_hook(self._bn_hook)
         self.num_bn = sum(isinstance(m, _BatchNorm) for m in model.modules()) if self.has_features else 0
+        self.state_hash = state_hash(model)
 
     def _bn_hook(self, module: _BatchNorm, inputs: tuple[torch.Tensor, ...]) -> None:
         if self._bn_terms is not None:
@@ -86,6 +88,16 @@ class Teacher(nn.Module):
     @torch.no_grad()
     def attention_maps(self, stages: list[torch.Tensor]) -> list[torch.Tensor]:
         return [attention_map(a) for a in stages]
+
+
+def state_hash(model: nn.Module) -> str:
+    """sha1 of a model's parameters and buffers (names, shapes and bytes): which weights a file was built for."""
+    h = hashlib.sha1()
+    for name, v in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(v.shape)).encode())
+        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def save_classifier(path: str, model: nn.Module, arch: str, kwargs: dict[str, Any], input_shape: tuple[int, ...],

@@ -122,7 +122,10 @@ def evaluate(run: Run, aggregator: nn.Module | None = None) -> dict[str, Any]:
 def prepare_selection(run: Run) -> None:
     """Load (or build, on first use) the probe set and the optional labeled validation subset."""
     cfg, d = run.cfg, run.distiller
-    run.probe = ensure_probe(d.pool, run.info["num_classes"], run.input_shape, cfg, d.pool_spec, run.device)
+    t0 = time.perf_counter()
+    run.probe, built = ensure_probe(d.pool, run.info["num_classes"], run.input_shape, cfg, d.pool_spec, run.device)
+    if built:
+        run.info["probe_build_s"] = round(time.perf_counter() - t0, 1)
     if cfg.probe.val_samples:
         if run.data is None:
             raise ConfigError("probe.val_samples needs the data set (val samples come from its train split)")
@@ -186,7 +189,9 @@ def train(run: Run, resume: bool = False, store: CheckpointStore | None = None) 
         raise CdkdError(f"{rd} already holds a run; pass --resume to continue it or choose another run_dir")
     metrics = MetricsWriter(os.path.join(rd, "metrics"), tensorboard=main) if main else None
     state = store.load() if resume else None
+    wall0 = 0.0  # distillation seconds before this process: distill_wall_s counts the whole run across resumes
     if state is not None:
+        wall0 = state.get("wall_s", 0.0)
         d.load_state(state["engine"])
         set_rng_state(state["rng"])
         if metrics:
@@ -206,8 +211,9 @@ def train(run: Run, resume: bool = False, store: CheckpointStore | None = None) 
     def checkpoint() -> None:
         if metrics:
             metrics.flush()
-        store.save({"engine": d.state(), "rng": rng_state(), "config": cfg.to_dict()} if main else None,
-                   {"iteration": d.step, **last})
+        wall = wall0 + time.perf_counter() - t0
+        store.save({"engine": d.state(), "rng": rng_state(), "config": cfg.to_dict(), "wall_s": wall} if main
+                   else None, {"iteration": d.step, **last})
 
     t = cfg.train
     progress = Progress(t.iterations, cfg.method, start=d.step, log_every=t.log_every) if main else None
@@ -218,7 +224,7 @@ def train(run: Run, resume: bool = False, store: CheckpointStore | None = None) 
         except NonFiniteLossError as e:
             raise NonFiniteLossError(f"{e}; last good checkpoint: {store.location}") from None
         it = d.step
-        elapsed = time.perf_counter() - t0
+        elapsed = wall0 + time.perf_counter() - t0
         last = logs
         stop = bool(t.budget_s) and over_budget(elapsed > t.budget_s, d.world_size) and it < t.iterations
         if main:
@@ -236,7 +242,7 @@ def train(run: Run, resume: bool = False, store: CheckpointStore | None = None) 
             stopped = f"time budget of {t.budget_s:.0f}s reached at iteration {it}"
             print(f"[cdkd] {stopped}")
             break
-    wall = time.perf_counter() - t0
+    wall = wall0 + time.perf_counter() - t0
     if progress:
         progress.close()
     if d.step % t.ckpt_every or stopped or not d.step:

@@ -49,6 +49,10 @@ def test_int_accepted_for_float():
     ("--distributed.teacher_pool=gpu", "choose one of local, ray"),
     ("--distributed.placement=RANDOM", "choose one of PACK"),
     ("--distributed.sync_bn=true", "sync_bn needs distributed.use_gpu=true"),
+    ("--loss.w_bn=.nan", r"loss.w_bn=nan: must be a finite number"),      # NaN passes every range comparison
+    ("--optim.student_lr=.inf", r"optim.student_lr=inf: must be a finite number"),
+    ("--probe.w_bn=-.inf", r"probe.w_bn=-inf: must be a finite number"),
+    ("--data.name=cifar1000", "choose one of mnist, cifar10, cifar100"),
 ])
 def test_bad_values_raise(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -71,3 +75,8 @@ def test_missing_and_invalid_files(tmp_path):
     bad.write_text("train: [1, 2\n")
     with pytest.raises(ConfigError, match="invalid YAML"):
         load_config(str(bad))
+
+
+def test_fp16_needs_a_gpu():
+    with pytest.raises(ConfigError, match="train.amp=fp16 needs a GPU"):
+        make_config({}, ["--train.amp=fp16", "--train.device=cpu"])

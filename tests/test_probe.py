@@ -68,3 +68,19 @@ def test_every_run_reports_the_metric_and_a_bad_probe_file_is_a_clear_error(teac
     run = build(cfg, with_data=False)
     with pytest.raises(CdkdError, match="probe file .*bad.pt is unreadable"):
         ensure_probe(run.distiller.pool, 10, (1, 32, 32), cfg)
+
+
+def test_probe_built_for_other_teachers_is_refused(teacher_paths, tmp_path):
+    """The probe file carries a fingerprint of the teachers (names + weights); another teacher set is refused."""
+    probe_file = str(tmp_path / "shared-probe.pt")
+    cfg = make_config(tiny_config(teacher_paths, str(tmp_path / "a"), probe={"path": probe_file}))
+    result = train(build(cfg, with_data=False))
+    assert result["probe_build_s"] > 0
+    same = build(make_config(tiny_config(teacher_paths, str(tmp_path / "b"), probe={"path": probe_file})),
+                 with_data=False)
+    probe, built = ensure_probe(same.distiller.pool, 10, (1, 32, 32), same.cfg)
+    assert not built and probe["teachers"] == same.distiller.pool.fingerprint
+    other = build(make_config(tiny_config(teacher_paths[::-1], str(tmp_path / "c"), probe={"path": probe_file})),
+                  with_data=False)
+    with pytest.raises(CdkdError, match="probe file .* was built for other teachers"):
+        ensure_probe(other.distiller.pool, 10, (1, 32, 32), other.cfg)

@@ -89,3 +89,22 @@ def test_run_writes_samples_metrics_config(tmp_path, teacher_paths):
     assert sorted(os.listdir(out / "samples")) == ["iter_000002.png", "iter_000004.png"]
     assert (out / "config.yaml").exists() and (out / "result.json").exists()
     assert read_metrics(str(out / "metrics")).num_rows == 4
+
+
+def test_metrics_parquet_keeps_every_logged_column(teacher_paths, tmp_path):
+    """Rows differ in their keys (the probe metric only at checkpoints); the Parquet keeps every column."""
+    run, _ = run_to_end(teacher_paths, tmp_path / "run")
+    table = read_metrics(str(tmp_path / "run" / "metrics"))
+    rows = table.to_pylist()
+    assert "probe_agreement" in table.column_names and "probe_tv" in table.column_names
+    assert [r["iteration"] for r in rows] == [1, 2, 3, 4]
+    assert rows[0]["probe_agreement"] is None and 0.0 <= rows[1]["probe_agreement"] <= 1.0
+
+
+def test_wall_time_carries_across_resume(teacher_paths, tmp_path):
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_to_end(teacher_paths, tmp_path / "cut", crash_at=3)
+    saved = load_run_checkpoint(str(tmp_path / "cut" / "checkpoints" / "last.pt"))["wall_s"]
+    assert saved > 0
+    _, result = run_to_end(teacher_paths, tmp_path / "cut", resume=True)
+    assert result["distill_wall_s"] >= round(saved, 1)

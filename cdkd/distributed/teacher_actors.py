@@ -19,7 +19,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from ..config import DistributedConfig, TeacherSpec
 from ..errors import CdkdError, TeacherError
 from ..objectives import Targets
-from ..teacher_pool import PoolSpec, TeacherGroup, merge_targets
+from ..teacher_pool import PoolSpec, TeacherGroup, fingerprint, merge_targets
 from ..teachers import load_teacher, validate_teachers
 
 
@@ -42,6 +42,7 @@ class TeacherActor:
             return {"error": str(e)}
         self.group = TeacherGroup(teachers).to(self.device)
         return {"num_classes": num_classes, "input_shape": shape, "names": [t.name for t in teachers],
+                "state_hashes": [t.state_hash for t in teachers],
                 "params": sum(p.numel() for t in teachers for p in t.parameters()),
                 "node": ray.get_runtime_context().get_node_id(), "device": str(self.device)}
 
@@ -122,6 +123,7 @@ class RayTeacherPool:
         self.num_classes, self.input_shape = ref["num_classes"], tuple(ref["input_shape"])
         self.names = [n for info in infos for n in info["names"]]
         self.params = sum(info["params"] for info in infos)
+        self.fingerprint = fingerprint(self.names, [h for info in infos for h in info["state_hashes"]])
         self.placement = [{"node": info["node"], "device": info["device"], "teachers": info["names"]}
                           for info in infos]
         self.stats = {"put_s": 0.0, "wait_s": 0.0, "compute_s": 0.0}  # seconds, for the benchmark

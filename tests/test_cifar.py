@@ -1,0 +1,57 @@
+"""The CIFAR tier, small: WRN teachers -> mfs_wrn_16_1 end to end, and the feature loss whenever w_feat > 0."""
+import pytest
+import torch
+
+from cdkd.config import make_config
+from cdkd.errors import ConfigError
+from cdkd.models import create_model
+from cdkd.teachers import save_classifier
+from cdkd.trainer import build, train
+from tests.conftest import tiny_config
+
+
+@pytest.fixture(scope="module")
+def wrn_teachers(tmp_path_factory):
+    """Three randomly initialised WRN-16-2 CIFAR teachers (different seeds) as cdkd checkpoints."""
+    d = tmp_path_factory.mktemp("wrn")
+    paths = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        path = str(d / f"wrn_16_2-{seed}.pt")
+        save_classifier(path, create_model("wrn_16_2"), "wrn_16_2", {"num_classes": 10, "in_chans": 3}, (3, 32, 32))
+        paths.append(path)
+    return paths
+
+
+def test_cifar_shaped_distillation_end_to_end(wrn_teachers, tmp_path):
+    """3 iterations, 3 WRN-16-2 teachers -> mfs_wrn_16_1 with the feature L1 through its 64->128 projection."""
+    cfg = make_config(tiny_config(wrn_teachers, str(tmp_path / "run"), model={"student": "mfs_wrn_16_1"},
+                                  train={"iterations": 3, "ckpt_every": 3}))
+    run = build(cfg, with_data=False)
+    d = run.distiller
+    assert d.use_feat and d.student.feature_proj[0].out_features == 128
+    assert run.info["student_params"] * 8 <= run.info["teacher_params"]
+    logs = d.train_iteration()
+    assert logs["s_feat"] > 0
+    result = train(run)  # iterations 2 and 3 follow the one above
+    assert result["iterations"] == 3 and 0.0 <= result["probe_agreement"] <= 1.0
+
+
+@pytest.mark.parametrize("student", ["mfs_lenet5_half", "mh_lenet5_half", "lenet5_half"])
+def test_feature_loss_runs_whenever_w_feat_is_positive(teacher_paths, student):
+    """LeNet-5 teachers have 84-d features, the students 24/42/42-d: a projection makes the L1 run, always."""
+    cfg = make_config(tiny_config(teacher_paths, method="cdfkd_mfs", model={"student": student},
+                                  loss={"w_feat": 0.2}))
+    d = build(cfg, with_data=False).distiller
+    batches = [d.student_batch() for _ in range(2)]
+    logs = d.student_step(*batches[0], next(d.pool.targets([batches[0][0]])))
+    assert d.use_feat and logs["s_feat"] > 0
+    off = build(make_config(tiny_config(teacher_paths, model={"student": student}, loss={"w_feat": 0.0})),
+                with_data=False).distiller
+    assert not off.use_feat and getattr(off.student, "feature_proj", None) is None
+
+
+def test_unknown_student_kwargs_is_one_line(teacher_paths):
+    cfg = make_config(tiny_config(teacher_paths, model={"student_kwargs": {"widht": 8}}))
+    with pytest.raises(ConfigError, match="model.student_kwargs: 'mfs_lenet5_half' takes no 'widht'"):
+        build(cfg, with_data=False)
