@@ -18,6 +18,7 @@ from torch.profiler import record_function
 
 from .config import Config
 from .errors import ConfigError, NonFiniteLossError
+from .global_bn import convert_global_batchnorm
 from .models.students import as_student
 from .objectives import Targets, student_objective, student_side
 from .teacher_pool import PoolSpec, TeacherGroup, TeacherPool, autocast
@@ -110,17 +111,27 @@ class Distiller(nn.Module):
     def enable_ddp(self, sync_bn: bool = False) -> None:
         """Wrap student and generator in DDP over the initialised process group; batches become per-rank shards.
 
-        `sync_bn` gives the generator SyncBatchNorm (its BN statistics over the global batch; CUDA only in torch).
+        Every batch statistic is taken over the global batch, so N ranks compute what 1 rank computes (spec 7.4):
+        the generator's and student's train-mode BatchNorm (`GlobalBatchNorm`, or torch's CUDA SyncBatchNorm
+        for the generator with `sync_bn`) and, with the teachers in this process, their BN prior.
         """
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         if self.cfg.train.batch_size % self.world_size:
             raise ConfigError(f"train.batch_size={self.cfg.train.batch_size} is not divisible by "
                               f"{self.world_size} workers")
         dev = next(self.student.parameters()).device
-        if sync_bn:
-            if dev.type != "cuda":
-                raise ConfigError("distributed.sync_bn needs GPU workers (torch's SyncBatchNorm is CUDA-only)")
-            self.generator = nn.SyncBatchNorm.convert_sync_batchnorm(self.generator)  # same Parameter objects
+        if sync_bn and dev.type != "cuda":
+            raise ConfigError("distributed.sync_bn needs GPU workers (torch's SyncBatchNorm is CUDA-only)")
+        if self.world_size > 1:
+            group = dist.new_group()  # BN collectives apart from DDP's gradient buckets
+            if sync_bn:
+                self.generator = nn.SyncBatchNorm.convert_sync_batchnorm(self.generator, group)
+            else:
+                convert_global_batchnorm(self.generator, group)  # same Parameter objects: optimisers stay valid
+            convert_global_batchnorm(self.student, group)
+            if isinstance(self.pool, TeacherGroup):  # (Ray teacher actors are outside the process group)
+                self.pool_spec.global_batch = True
+                self.pool.configure(self.pool_spec)
         ids = [dev.index] if dev.type == "cuda" else None
         object.__setattr__(self, "student_fwd", DDP(self.student, device_ids=ids))
         object.__setattr__(self, "generator_fwd", DDP(self.generator, device_ids=ids))

@@ -43,14 +43,19 @@ def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, c), y.expand(*logits.shape[:-1]).reshape(-1))
 
 
-def bn_stat_term(a: torch.Tensor, running_mean: torch.Tensor, running_var: torch.Tensor) -> torch.Tensor:
+def bn_stat_term(a: torch.Tensor, running_mean: torch.Tensor, running_var: torch.Tensor,
+                 global_batch: bool = False) -> torch.Tensor:
     """r_l = ||v_l - sigma^2_l||_2 + ||m_l - mu_l||_2, moments of the BN input a over (B, H, W), biased var.
 
     DeepInversion Eq. 4 as in the CDFKD-MFS FeatureHook: plain (not squared) Euclidean norms. Computed in fp32.
+    `global_batch`: moments over the batch of all DDP ranks (spec 7.4), differentiable through the all-reduce.
     """
     a = a.float()
-    dims = [0] + list(range(2, a.dim()))
-    var, mean = torch.var_mean(a, dim=dims, unbiased=False)
+    if global_batch:
+        from .global_bn import global_moments
+        mean, var, _ = global_moments(a)
+    else:
+        var, mean = torch.var_mean(a, dim=[0] + list(range(2, a.dim())), unbiased=False)
     return torch.linalg.vector_norm(var - running_var) + torch.linalg.vector_norm(mean - running_mean)
 
 

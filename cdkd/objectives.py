@@ -77,15 +77,16 @@ def teacher_prior(out: TeacherOutput, y: torch.Tensor | None, lc: LossConfig) ->
 
 
 def teacher_side(teacher: Teacher, x: torch.Tensor, s_k: torch.Tensor, y: torch.Tensor | None, lc: LossConfig,
-                 num_teachers: int, amp: torch.autocast | None = None
+                 num_teachers: int, amp: torch.autocast | None = None, global_batch: bool = False
                  ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
     """Teacher k's share of a generator step: g_k = d/dx [-w_adv D(s_k, t_k) + b_k(x)] / K, with s_k held fixed.
 
     Returns (g_k like x, t_k detached (B, C), logs). The teacher graph lives only inside this call.
+    With `global_batch` (x is this rank's shard under DDP) the BN prior uses the moments of all ranks' batch.
     """
     x = x.detach().requires_grad_(True)
     with amp if amp is not None else torch.autocast(x.device.type, enabled=False):
-        out = teacher(x, bn_stats=lc.w_bn > 0)
+        out = teacher(x, bn_stats=lc.w_bn > 0, global_batch=global_batch)
     t = out.logits.float()
     adv = discrepancy(s_k.detach()[None], t[None], lc.adv_loss, lc.temperature)
     prior = teacher_prior(out, y, lc)

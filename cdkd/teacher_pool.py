@@ -34,6 +34,7 @@ class PoolSpec:
     use_feat: bool = False           # send pooled features with the targets
     at_stages: int = 0               # send attention maps of the first `at_stages` stages
     amp: str = "none"                # autocast dtype for teacher forwards: bf16 | fp16 | none
+    global_batch: bool = False       # BN prior on the moments of all DDP ranks' batch (in-process pool under DDP)
 
 
 class TeacherPool(Protocol):
@@ -141,7 +142,8 @@ class TeacherGroup(nn.Module):
         y = y.to(dev) if y is not None else None
         grad, ts, adv, prior = torch.zeros_like(x), [], 0.0, 0.0
         for k, teacher in enumerate(self.teachers):
-            g_k, t_k, logs = teacher_side(teacher, x, s[k], y, self.spec.loss, self.spec.num_teachers, self._amp())
+            g_k, t_k, logs = teacher_side(teacher, x, s[k], y, self.spec.loss, self.spec.num_teachers, self._amp(),
+                                          self.spec.global_batch)
             grad += g_k
             ts.append(t_k)
             adv, prior = adv + logs["adv"], prior + logs["prior"]

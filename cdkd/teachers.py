@@ -61,6 +61,7 @@ class Teacher(nn.Module):
         self.input_shape = input_shape
         self.has_features = hasattr(model, "forward_features")
         self._bn_terms: list[torch.Tensor] | None = None
+        self._global_batch = False
         if not isinstance(model, torch.jit.ScriptModule):
             for m in model.modules():
                 if isinstance(m, _BatchNorm):
@@ -70,13 +71,17 @@ class Teacher(nn.Module):
 
     def _bn_hook(self, module: _BatchNorm, inputs: tuple[torch.Tensor, ...]) -> None:
         if self._bn_terms is not None:
-            self._bn_terms.append(bn_stat_term(inputs[0], module.running_mean, module.running_var))
+            self._bn_terms.append(bn_stat_term(inputs[0], module.running_mean, module.running_var,
+                                               self._global_batch))
 
     def train(self, mode: bool = True) -> "Teacher":
         return super().train(False)  # frozen: BN always uses running statistics
 
-    def forward(self, x: torch.Tensor, bn_stats: bool = False) -> TeacherOutput:
+    def forward(self, x: torch.Tensor, bn_stats: bool = False, global_batch: bool = False) -> TeacherOutput:
+        """Logits, pooled features, stage maps; with `bn_stats` the BN-prior terms r_l of this batch (over the
+        batch of all DDP ranks with `global_batch`)."""
         self._bn_terms = [] if bn_stats else None
+        self._global_batch = global_batch
         try:
             if not self.has_features:
                 return TeacherOutput(self.model(x))

@@ -23,6 +23,7 @@ from .config import Config
 from .data import ImageData, load_data
 from .engine import Distiller
 from .errors import CdkdError, ConfigError, NonFiniteLossError
+from .global_bn import local_batch_stats
 from .metrics import MetricsWriter
 from .probe import ensure_probe, probe_metrics
 from .models import create_model, num_params
@@ -261,7 +262,8 @@ def over_budget(local: bool, world_size: int) -> bool:
 
 @torch.no_grad()
 def save_samples(d: Distiller, path: str, n: int = 64) -> None:
-    x, _ = d.sample(d.generator, max(n, 2))
+    with local_batch_stats():  # rank 0 alone: no collectives
+        x, _ = d.sample(d.generator, max(n, 2))
     save_image(x[:n].float().cpu(), path, nrow=8, normalize=True)
 
 
