@@ -13,17 +13,25 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .errors import CdkdError
+from .errors import CdkdError, first_line
 
 
 def atomic_save(obj: Any, path: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    """Write to a temporary file, then rename over `path`: a crash or a full disk leaves the old file intact
+    (and no temporary file behind)."""
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # full disk, read-only or missing directory (torch wraps some as RuntimeError)
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        kept = f"; the previous {os.path.basename(path)} is kept" if os.path.exists(path) else ""
+        raise CdkdError(f"cannot write {path} ({first_line(e)}){kept}") from None
 
 
 def rng_state() -> dict[str, Any]:
@@ -45,7 +53,7 @@ def load_run_checkpoint(path: str) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
-        raise CdkdError(f"{path}: cannot read run checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+        raise CdkdError(f"{path}: cannot read run checkpoint ({first_line(e)})") from None
 
 
 class AggregatedStudent(nn.Module):

@@ -163,17 +163,28 @@ class Config:
 
 # Each method is a set of overrides of the defaults above (the defaults are CDFKD-MFS, spec 2.3/2.4).
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "cdfkd_mfs": {},
-    # DDAD (spec 3.2): symmetric min-max on the same discrepancy, plus the teachers' BN prior.
-    "ddad": {"loss": {"w_ens": 0.0, "w_feat": 0.0}},
-    # MAD (spec 4.2): KL discrepancy (ABM), EMA generator with momentum 0.95, student trains on G and EMA-G batches.
+    # CDFKD-MFS (spec 2.3/2.4): the defaults, with the paper's MultiStepLR x0.1 at 1/3 and 2/3 of the run.
+    "cdfkd_mfs": {"optim": {"schedule": "multistep"}},
+    # DDAD (spec 3.2): symmetric min-max on the same discrepancy, plus the teachers' BN prior; DFAD's MultiStepLR.
+    "ddad": {"loss": {"w_ens": 0.0, "w_feat": 0.0}, "optim": {"schedule": "multistep"}},
+    # MAD (spec 4.2): KL discrepancy (ABM), EMA generator with momentum 0.95, student trains on G and EMA-G batches,
+    # generator gradient-norm clip 5, cosine schedule. How it departs from MAD on its ABM base, and why:
+    # - the loop is DFAD's (5 student steps, each on a fresh G batch, then 1 generator step), not ABM's (1
+    #   generator step, then 10 student steps reusing that G batch): one engine loop serves every method;
+    # - the generator also minimises the teachers' BN-statistics prior (w_bn 0.1), which MAD does not have;
+    # - the student optimiser is the shared SGD 0.1 (ABM: Adam 2e-3), and there is no attention transfer (ABM:
+    #   beta 250 on both batches).
+    # Measured with these departures on the MNIST bench: student 0.9843 (issue 3 note, 530 iterations). The
+    # faithful ABM variant has not been measured yet; it is the next candidate (choose on val_acc/probe only).
     "mad": {"loss": {"student_loss": "kl", "adv_loss": "kl", "w_ens": 0.0, "w_feat": 0.0},
             "train": {"ema": True}, "optim": {"grad_clip": 5.0}},
     # CGDD (spec 5.2): conditional generator with preset labels; the student learns the teachers' logits, the
-    # preset label (CE) and the teachers' attention maps. Two departures from the [R] reconstruction, measured on
-    # the MNIST bench (0.959 -> 0.978): the student discrepancy is L1, the same as the generator's adversarial
-    # one (a KL student never closes the logit-scale gaps an L1 adversary seeks: 0.970), and AT weighs 25, not
-    # 250 (at 250 the LeNet-half vs LeNet-5 map mismatch, which cannot shrink, was 85% of the student loss).
+    # preset label (CE) and the teachers' attention maps. Two departures from the [R] reconstruction: the student
+    # discrepancy is L1, the same as the generator's adversarial one, and AT weighs 25, not 250 (at 250 the
+    # LeNet-half vs LeNet-5 map mismatch, which cannot shrink, was 85% of the student loss).
+    # NOTE: these two were chosen by MNIST *test* accuracy (0.959 -> 0.978) by an earlier session. That choice
+    # breaks the rule in README "Evaluation"; it is to be redone on `probe.val_samples` (train split) or on
+    # probe_agreement (issue 10, still open), and may change.
     "cgdd": {"model": {"generator": "cond_generator32"},
              "loss": {"student_loss": "l1", "w_ens": 0.0, "w_feat": 0.0, "w_ce": 1.0, "w_at": 25.0,
                       "w_ce_gen": 1.0}},
@@ -289,9 +300,14 @@ def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] 
             with open(path) as f:
                 data = yaml.safe_load(f) or {}
         except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}")
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: invalid YAML ({str(e).splitlines()[0]})")
+            raise ConfigError(f"config file not found: {path}") from None
+        except IsADirectoryError:
+            raise ConfigError(f"config file {path} is a directory; give a YAML file") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of config sections (method:, train:, ...), got a "
+                              f"{type(data).__name__}")
     return make_config(data, overrides)
 
 

@@ -7,6 +7,7 @@ CIFAR are missing and the internet is reachable, torchvision fetches them.
 from __future__ import annotations
 
 import gzip
+import zlib
 import os
 import pickle
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
-from .errors import DataError
+from .errors import DataError, first_line
 
 MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
                "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
@@ -55,8 +56,11 @@ def _find(root: str, names: tuple[str, ...], subdirs: tuple[str, ...]) -> str | 
 
 def _read_idx(path: str, magic: int) -> np.ndarray:
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as e:  # truncated or corrupt .gz, unreadable file
+        raise DataError(f"{path}: cannot read ({first_line(e)}); replace the file") from None
     got = int.from_bytes(data[:4], "big")
     if got != magic:
         raise DataError(f"{path}: not an IDX file (magic {got}, expected {magic})")

@@ -242,8 +242,14 @@ class Distiller(nn.Module):
 
     def _check_finite(self, loss: torch.Tensor, which: str) -> None:
         if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"{which} loss is {loss.item()} at iteration {self.step}; stopping "
-                                     "(the last checkpoint is intact)")
+            raise NonFiniteLossError(f"{which} loss is {loss.item()} at iteration {self.step}; stopping")
+
+    @torch.no_grad()
+    def finite(self) -> bool:
+        """Whether every student and generator weight and BN statistic is finite (checked before a checkpoint)."""
+        models = [self.student, self.generator] + ([self.ema] if self.ema is not None else [])
+        return all(bool(torch.isfinite(v).all()) for m in models for v in m.state_dict().values()
+                   if v.is_floating_point())
 
     def state(self) -> dict:
         """Everything needed to continue the run bit-for-bit (the caller adds config and RNG)."""
@@ -261,4 +267,13 @@ class Distiller(nn.Module):
         for name in ("opt_s", "opt_g", "sched_s", "sched_g", "scaler_s", "scaler_g"):
             if name in state:  # (checkpoints from before loss scaling have no scaler state)
                 getattr(self, name).load_state_dict(state[name])
+        # The config's learning rates win over the checkpoint's (resuming a blown-up run with a smaller one):
+        # every schedule here is proportional to its base rate, so the restored rates are rescaled.
+        for opt, sched, lr in ((self.opt_s, self.sched_s, self.cfg.optim.student_lr),
+                               (self.opt_g, self.sched_g, self.cfg.optim.generator_lr)):
+            for i, group in enumerate(opt.param_groups):
+                ratio = lr / group["initial_lr"]
+                group["lr"] *= ratio
+                group["initial_lr"] = sched.base_lrs[i] = lr
+                sched._last_lr[i] *= ratio
         self.step = state["step"]

@@ -19,3 +19,9 @@ class TeacherError(CdkdError):
 
 class NonFiniteLossError(CdkdError):
     """A loss became NaN/inf; the run stops and the last good checkpoint stays intact."""
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """`TypeName: first line of the message` (the type alone when the message is empty)."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:limit]}" if text else type(e).__name__

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .errors import TeacherError
+from .errors import CdkdError, TeacherError, first_line
 from .losses import attention_map, bn_stat_term
 from .models import create_model
 
@@ -117,11 +117,17 @@ def _load_cdkd(path: str) -> tuple[nn.Module, tuple[int, ...], dict[str, Any]]:
     ckpt = _torch_load(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise TeacherError(f"{path}: not a cdkd classifier checkpoint (expected format {CHECKPOINT_FORMAT!r})")
-    model = create_model(ckpt["arch"], **ckpt["kwargs"])
+    missing = [k for k in ("arch", "kwargs", "state_dict", "input_shape") if k not in ckpt]
+    if missing:
+        raise TeacherError(f"{path}: cdkd classifier checkpoint without {', '.join(missing)}")
+    try:
+        model = create_model(ckpt["arch"], **ckpt["kwargs"])
+    except (CdkdError, TypeError) as e:
+        raise TeacherError(f"{path}: cannot build {ckpt['arch']!r} with {ckpt['kwargs']} ({first_line(e)})") from None
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:
-        raise TeacherError(f"{path}: weights do not match architecture {ckpt['arch']!r}: {str(e).splitlines()[0]}")
+        raise TeacherError(f"{path}: weights do not match architecture {ckpt['arch']!r}: {first_line(e)}")
     return model, tuple(ckpt["input_shape"]), ckpt.get("meta", {})
 
 
@@ -139,7 +145,7 @@ def _load_timm(path: str, arch: str, kwargs: dict[str, Any]) -> tuple[nn.Module,
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise TeacherError(f"{path}: weights do not match timm model {arch!r}: {str(e).splitlines()[0]}")
+        raise TeacherError(f"{path}: weights do not match timm model {arch!r}: {first_line(e)}")
     shape = tuple(model.pretrained_cfg.get("input_size", ())) or None
     return TimmAdapter(model), shape
 
@@ -149,8 +155,8 @@ def _torch_load(path: str) -> Any:
         raise TeacherError(f"teacher checkpoint not found: {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt file, truncated write, pickle of foreign objects
-        raise TeacherError(f"{path}: cannot read checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+    except Exception as e:  # empty or corrupt file, truncated write, pickle of foreign objects
+        raise TeacherError(f"{path}: cannot read checkpoint ({first_line(e)})") from None
 
 
 def load_teacher(spec: Any) -> Teacher:
@@ -166,7 +172,7 @@ def load_teacher(spec: Any) -> Teacher:
         try:
             model, shape = torch.jit.load(spec.path, map_location="cpu"), None
         except Exception as e:
-            raise TeacherError(f"{spec.path}: cannot load TorchScript ({str(e).splitlines()[0][:200]})")
+            raise TeacherError(f"{spec.path}: cannot load TorchScript ({first_line(e)})") from None
     else:
         raise TeacherError(f"teacher {name!r}: unknown kind {spec.kind!r} (cdkd, timm, torchscript)")
     if spec.input_shape:
@@ -195,7 +201,7 @@ def validate_teachers(teachers: list[Teacher], input_shape: tuple[int, ...] | No
             try:
                 out = t(torch.zeros(2, *shape))
             except Exception as e:
-                raise TeacherError(f"teacher {t.name!r} fails on input {tuple(shape)}: {str(e).splitlines()[0][:200]}")
+                raise TeacherError(f"teacher {t.name!r} fails on input {tuple(shape)}: {first_line(e)}") from None
             classes.append(out.logits.shape[-1])
             if classes[-1] != classes[0]:
                 raise TeacherError(f"teacher {t.name!r} predicts {classes[-1]} classes but {ref.name!r} predicts "

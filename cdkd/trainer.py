@@ -5,6 +5,7 @@ checked in `build` before the first iteration.
 """
 from __future__ import annotations
 
+import glob
 import inspect
 import json
 import os
@@ -22,7 +23,7 @@ from .checkpoint import atomic_save, export_student, load_run_checkpoint, rng_st
 from .config import Config
 from .data import ImageData, load_data
 from .engine import Distiller
-from .errors import CdkdError, ConfigError, NonFiniteLossError
+from .errors import CdkdError, ConfigError, NonFiniteLossError, first_line
 from .global_bn import local_batch_stats
 from .metrics import MetricsWriter
 from .probe import ensure_probe, probe_metrics
@@ -171,6 +172,12 @@ class FileCheckpoints:
             atomic_save(state, self.location)
 
 
+def has_checkpoint(run_dir: str) -> bool:
+    """Whether `run_dir` holds a checkpoint to resume: the local `checkpoints/last.pt` or Ray Train's `checkpoint_*`."""
+    return bool(run_dir) and (os.path.exists(os.path.join(run_dir, "checkpoints", "last.pt"))
+                              or bool(glob.glob(os.path.join(run_dir, "checkpoint_*"))))
+
+
 def default_run_dir(cfg: Config) -> str:
     if not cfg.run_dir:
         cfg.run_dir = os.path.join("runs", f"{cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -188,10 +195,13 @@ def train(run: Run, resume: bool = False, store: CheckpointStore | None = None) 
     store = store or FileCheckpoints(os.path.join(rd, "checkpoints", "last.pt"))
     if store.exists() and not resume:
         raise CdkdError(f"{rd} already holds a run; pass --resume to continue it or choose another run_dir")
+    if main:
+        check_writable(rd)
     metrics = MetricsWriter(os.path.join(rd, "metrics"), tensorboard=main) if main else None
     state = store.load() if resume else None
     wall0 = 0.0  # distillation seconds before this process: distill_wall_s counts the whole run across resumes
     if state is not None:
+        check_same_run(state.get("config", {}), cfg, store.location)
         wall0 = state.get("wall_s", 0.0)
         d.load_state(state["engine"])
         set_rng_state(state["rng"])
@@ -210,6 +220,9 @@ def train(run: Run, resume: bool = False, store: CheckpointStore | None = None) 
     last: dict[str, float] = {}
 
     def checkpoint() -> None:
+        if not d.finite():  # a step that made the weights non-finite never replaces the last good checkpoint
+            raise NonFiniteLossError(f"non-finite student or generator weights at iteration {d.step}; stopping "
+                                     f"({last_good(store)})")
         if metrics:
             metrics.flush()
         wall = wall0 + time.perf_counter() - t0
@@ -223,7 +236,7 @@ def train(run: Run, resume: bool = False, store: CheckpointStore | None = None) 
         try:
             logs = d.train_iteration()
         except NonFiniteLossError as e:
-            raise NonFiniteLossError(f"{e}; last good checkpoint: {store.location}") from None
+            raise NonFiniteLossError(f"{e} ({last_good(store)})") from None
         it = d.step
         elapsed = wall0 + time.perf_counter() - t0
         last = logs
@@ -249,6 +262,51 @@ def train(run: Run, resume: bool = False, store: CheckpointStore | None = None) 
     if d.step % t.ckpt_every or stopped or not d.step:
         checkpoint()
     return finish(run, wall, stopped) if main else {}
+
+
+def last_good(store: CheckpointStore) -> str:
+    if store.exists():
+        return f"last good checkpoint: {store.location}; resume it with a smaller learning rate"
+    return "no checkpoint was written yet"
+
+
+def check_writable(run_dir: str) -> None:
+    """The run directory can be created and written (before any work), else one line saying why not."""
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        probe = os.path.join(run_dir, f".write-test-{os.getpid()}")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise CdkdError(f"run_dir {run_dir} is not writable ({first_line(e)})") from None
+
+
+# Config keys a resumed run must share with its checkpoint: they decide the shapes of what is restored.
+# (Loss weights, learning rates, EMA momentum and the iteration count may change: PBT exploits and longer runs.)
+RESUME_KEYS = ("method", "model", "train.ema")
+
+
+def check_same_run(saved: dict[str, Any], cfg: Config, where: str) -> None:
+    now = cfg.to_dict()
+
+    def get(d: dict, key: str) -> Any:
+        for part in key.split("."):
+            d = d.get(part, {}) if isinstance(d, dict) else {}
+        return d
+
+    def flat(prefix: str, value: Any) -> dict[str, Any]:
+        if isinstance(value, dict) and value:
+            return {k: v for sub, inner in value.items() for k, v in flat(f"{prefix}.{sub}", inner).items()}
+        return {prefix: value}
+
+    differ = []
+    for key in RESUME_KEYS:
+        a, b = flat(key, get(saved, key)), flat(key, get(now, key))
+        differ += [f"{k} ({a.get(k)!r} -> {b.get(k)!r})" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    if differ:
+        raise CdkdError(f"cannot resume {where}: the config differs in {', '.join(differ)}; resume with the "
+                        "run's own config.yaml, or start a new run_dir")
 
 
 def over_budget(local: bool, world_size: int) -> bool:

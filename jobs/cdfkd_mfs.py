@@ -22,12 +22,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from cdkd.cli import add_config_args, parse, run_config  # noqa: E402
 from cdkd.config import Config  # noqa: E402
 from cdkd.errors import CdkdError  # noqa: E402
-from cdkd.trainer import build, format_table, train  # noqa: E402
+from cdkd.trainer import build, format_table, has_checkpoint, train  # noqa: E402
 
 
 def distill(cfg: Config, resume: bool) -> dict:
     """In this process (workers=0) or through Ray Train; teachers local or in Ray actors."""
     dc = cfg.distributed
+    if resume and not has_checkpoint(cfg.run_dir):
+        raise CdkdError(f"--resume: no checkpoint in {cfg.run_dir or 'run_dir (not set)'} (neither checkpoints/last.pt "
+                        "nor checkpoint_*); nothing to resume. Check --run_dir, or drop --resume to start anew")
     if dc.workers == 0 and dc.teacher_pool == "local":
         return train(build(cfg), resume=resume)
     try:

@@ -108,3 +108,36 @@ def test_wall_time_carries_across_resume(teacher_paths, tmp_path):
     assert saved > 0
     _, result = run_to_end(teacher_paths, tmp_path / "cut", resume=True)
     assert result["distill_wall_s"] >= round(saved, 1)
+
+
+def test_nan_stop_names_a_finite_checkpoint_that_resumes(teacher_paths, tmp_path):
+    """A huge learning rate blows the run up; the checkpoint it names holds finite weights and resumes."""
+    def cfg(lr):
+        return make_config(tiny_config(teacher_paths, str(tmp_path / "run"), train={"iterations": 6, "ckpt_every": 1},
+                                       optim={"student_lr": lr}))
+    with pytest.raises(NonFiniteLossError, match="last good checkpoint: (.*last.pt)") as err:
+        train(build(cfg(1e3), with_data=False))  # (1e3: iteration 1 is still finite, iteration 2 is not)
+    path = str(err.value).split("last good checkpoint: ")[1].split(";")[0]
+    state = load_run_checkpoint(path)
+    assert all(torch.isfinite(v).all() for part in ("student", "generator")
+               for v in state["engine"][part].values() if v.is_floating_point())
+    result = train(build(cfg(0.05), with_data=False), resume=True)
+    assert result["iterations"] == 6
+    rows = read_metrics(str(tmp_path / "run" / "metrics")).to_pylist()
+    assert all(torch.isfinite(torch.tensor(r["loss_s"])) for r in rows)
+
+
+def test_weights_that_turn_non_finite_are_never_checkpointed(teacher_paths, tmp_path):
+    cfg = make_config(tiny_config(teacher_paths, str(tmp_path / "run"), train={"iterations": 4, "ckpt_every": 2}))
+    run = build(cfg, with_data=False)
+    step = run.distiller.train_iteration
+
+    def poisoned():
+        logs = step()
+        if run.distiller.step == 4:  # the step before the second checkpoint leaves an inf weight behind
+            next(run.distiller.student.parameters()).data.fill_(float("inf"))
+        return logs
+    run.distiller.train_iteration = poisoned
+    with pytest.raises(NonFiniteLossError, match="non-finite student or generator weights at iteration 4"):
+        train(run)
+    assert load_run_checkpoint(str(tmp_path / "run" / "checkpoints" / "last.pt"))["engine"]["step"] == 2
