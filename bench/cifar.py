@@ -62,7 +62,7 @@ def distill(args, base: dict, overrides: list[str], seed: int, run_dir: str) -> 
 def summary(results: list[dict], keys: tuple[str, ...]) -> dict:
     out: dict = {}
     for key in keys:
-        values = [r[key] for r in results]
+        values = [round(r[key], 4) if isinstance(r[key], float) else r[key] for r in results]
         out[key] = values[0] if len(values) == 1 else values
         if len(values) > 1:
             out[f"{key}_mean"] = round(statistics.mean(values), 4)

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .supervised import predictions, subset
+from .supervised import eval_mode, predictions, subset
 
 
 class AttentionAggregator(nn.Module):
@@ -31,10 +31,8 @@ def fit_aggregator(student: nn.Module, train: Dataset, num_samples: int, num_cla
                    device: str | torch.device = "cpu") -> tuple[AttentionAggregator, dict[str, float]]:
     """Train the aggregator on N real samples (a seeded subset of `train`), select the epoch on a held-out split."""
     data = subset(train, num_samples, seed)
-    was_training = student.training
-    student.eval()
-    logits, y = predictions(student, data, device=device)  # (K, N, C): the student is frozen, run it once
-    student.train(was_training)
+    with eval_mode(student):
+        logits, y = predictions(student, data, device=device)  # (K, N, C): the student is frozen, run it once
     n_val = max(1, int(round(val_fraction * num_samples)))
     s_tr, y_tr, s_val, y_val = logits[:, n_val:], y[n_val:], logits[:, :n_val], y[:n_val]
     torch.manual_seed(seed)

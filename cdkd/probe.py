@@ -22,6 +22,7 @@ from .checkpoint import atomic_save
 from .config import Config, LossConfig, ProbeConfig
 from .errors import CdkdError
 from .models import create_model
+from .supervised import eval_mode
 from .teacher_pool import PoolSpec, TeacherPool, autocast
 
 PROBE_FORMAT = 1
@@ -126,12 +127,10 @@ def ensure_probe(pool: TeacherPool, num_classes: int, input_shape: tuple[int, ..
 def probe_metrics(student: torch.nn.Module, probe: dict[str, Any], device: torch.device | str = "cpu",
                   batch_size: int = 512) -> dict[str, float]:
     """Agreement (higher is better) and total-variation distance (lower) of student vs teacher ensemble."""
-    was_training = student.training
-    student.eval()
     x = probe["x"]
-    s = torch.cat([student(x[i:i + batch_size].to(device)).float().mean(0).cpu()
-                   for i in range(0, len(x), batch_size)])
-    student.train(was_training)
+    with eval_mode(student):
+        s = torch.cat([student(x[i:i + batch_size].to(device)).float().mean(0).cpu()
+                       for i in range(0, len(x), batch_size)])
     t = probe["teacher_logits"].mean(0)
     agreement = (s.argmax(-1) == t.argmax(-1)).float().mean().item()
     tv = 0.5 * (F.softmax(s, -1) - F.softmax(t, -1)).abs().sum(-1).mean().item()

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -73,11 +74,23 @@ def predictions(predict: Callable[[torch.Tensor], torch.Tensor], ds: Dataset, ba
     return torch.cat(outs, dim=-2), torch.cat(labels)
 
 
-def accuracy(model: nn.Module, ds: Dataset, device: str | torch.device = "cpu") -> float:
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """`model` in eval mode inside the block, its previous mode restored after (BN running stats untouched)."""
     was_training = model.training
     model.eval()
-    logits, y = predictions(model, ds, device=device)
-    model.train(was_training)
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def accuracy(model: nn.Module, ds: Dataset, device: str | torch.device = "cpu") -> float:
+    """Top-1 accuracy of `model` (logits (B, C), or (K, B, C) headers averaged) on `ds`, in eval mode."""
+    with eval_mode(model):
+        logits, y = predictions(model, ds, device=device)
+    if logits.dim() == 3:
+        logits = logits.mean(0)
     return (logits.argmax(-1) == y).float().mean().item()
 
 

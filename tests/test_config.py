@@ -80,3 +80,26 @@ def test_missing_and_invalid_files(tmp_path):
 def test_fp16_needs_a_gpu():
     with pytest.raises(ConfigError, match="train.amp=fp16 needs a GPU"):
         make_config({}, ["--train.amp=fp16", "--train.device=cpu"])
+
+
+def test_paper_schedules():
+    """CDFKD-MFS and DDAD (DFAD) use MultiStepLR x0.1 at 1/3 and 2/3 of the run, as their papers do."""
+    for method in ("cdfkd_mfs", "ddad"):
+        cfg = make_config({"method": method})
+        assert cfg.optim.schedule == "multistep" and cfg.optim.milestones == [0.33, 0.67]
+
+
+def test_core_never_imports_ray():
+    """`import cdkd` must work where Ray is absent (the GPU machine, torchrun): only cdkd/distributed imports it."""
+    import ast
+    import pathlib
+    root = pathlib.Path(__file__).resolve().parents[1] / "cdkd"
+    offenders = []
+    for path in root.rglob("*.py"):
+        if "distributed" in path.relative_to(root).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            offenders += [f"{path.name}: {n}" for n in names if n == "ray" or n.startswith("ray.")]
+    assert not offenders, offenders
