@@ -46,6 +46,15 @@ def resolve_root(root: str = "") -> str:
     return DEFAULT_ROOTS[0]
 
 
+def _set_data_dir_hint() -> str:
+    """How to point at the data; inside `ray job submit` (whose entrypoint Ray marks with RAY_JOB_CONFIG_JSON_ENV_VAR)
+    the working directory is an uploaded copy, so `../shared/datasets` and `./data` do not exist there."""
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:
+        return ("set --data-dir to a path on the cluster nodes, or CDKD_DATA_DIR through "
+                "--runtime-env-json (inside `ray job submit` the working directory is an uploaded copy)")
+    return "set --data-dir or CDKD_DATA_DIR"
+
+
 def _find(root: str, names: tuple[str, ...], subdirs: tuple[str, ...]) -> str | None:
     for sub in subdirs:
         d = os.path.join(root, sub)
@@ -90,7 +99,7 @@ def load_mnist(root: str, download: bool = True) -> ImageData:
         d = _download(root, "mnist")
     if d is None:
         raise DataError(f"MNIST not found under {os.path.abspath(root)} (expected the four IDX files in mnist/); "
-                        "set --data-dir or CDKD_DATA_DIR")
+                        f"{_set_data_dir_hint()}")
     out = []
     for split in ("train", "test"):
         img, lab = MNIST_FILES[split]
@@ -167,7 +176,7 @@ def load_cifar(name: str, root: str, download: bool = True) -> ImageData:
         d, names = _download(root, name), layout.py_files
     if d is None:
         raise DataError(f"{name.upper().replace('CIFAR', 'CIFAR-')} not found under {os.path.abspath(root)} "
-                        f"(expected {layout.bin_dir}/ or {layout.py_dir}/); set --data-dir or CDKD_DATA_DIR")
+                        f"(expected {layout.bin_dir}/ or {layout.py_dir}/); {_set_data_dir_hint()}")
     train = TensorDataset(*_cifar_records([os.path.join(d, n) for n in names[:-1]], layout))
     test = TensorDataset(*_cifar_records([os.path.join(d, names[-1])], layout))
     return ImageData(train, test, layout.num_classes, (3, 32, 32))

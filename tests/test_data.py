@@ -115,3 +115,10 @@ def test_corrupt_cifar_pickle(tmp_path):
     (d / "test").write_bytes(b"")
     with pytest.raises(DataError, match="not a readable cifar100 python batch"):
         load_data("cifar100", str(tmp_path), download=False)
+
+
+def test_missing_data_inside_a_ray_job_says_why(tmp_path, monkeypatch):
+    """In a `ray job submit` entrypoint the working directory is an uploaded copy: the error says so."""
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")
+    with pytest.raises(DataError, match="inside `ray job submit` the working directory is an uploaded copy"):
+        load_data("mnist", str(tmp_path), download=False)
