@@ -23,7 +23,7 @@ ITERATIONS = 2
 
 def config(teacher_paths, w_bn: float):
     return make_config(tiny_config(teacher_paths, train={"iterations": ITERATIONS, "batch_size": 32},
-                                   loss={"w_bn": w_bn}))
+                                   loss={"w_bn": w_bn}, optim={"schedule": "none"}))  # full LR: the runs move
 
 
 def per_sample_batchnorm() -> None:
