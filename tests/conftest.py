@@ -32,17 +32,21 @@ def data_root() -> str:
     return root
 
 
+def random_teachers(directory, arch: str, input_shape: tuple[int, int, int], k: int = 3) -> list[str]:
+    """k randomly initialised 10-class teachers of `arch` (seeds 0..k-1) as cdkd checkpoints in `directory`."""
+    paths = []
+    for seed in range(k):
+        torch.manual_seed(seed)
+        path = str(directory / f"{arch}-{seed}.pt")
+        save_classifier(path, create_model(arch), arch, {"num_classes": 10, "in_chans": input_shape[0]}, input_shape)
+        paths.append(path)
+    return paths
+
+
 @pytest.fixture(scope="session")
 def teacher_paths(tmp_path_factory) -> list[str]:
     """Three randomly initialised LeNet-5 teachers (different seeds) as cdkd checkpoints."""
-    d = tmp_path_factory.mktemp("teachers")
-    paths = []
-    for seed in range(3):
-        torch.manual_seed(seed)
-        path = str(d / f"lenet5-{seed}.pt")
-        save_classifier(path, create_model("lenet5"), "lenet5", {"num_classes": 10, "in_chans": 1}, (1, 32, 32))
-        paths.append(path)
-    return paths
+    return random_teachers(tmp_path_factory.mktemp("teachers"), "lenet5", (1, 32, 32))
 
 
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")

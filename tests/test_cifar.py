@@ -1,26 +1,16 @@
 """The CIFAR tier, small: WRN teachers -> mfs_wrn_16_1 end to end, and the feature loss whenever w_feat > 0."""
 import pytest
-import torch
 
 from cdkd.config import make_config
 from cdkd.errors import ConfigError
-from cdkd.models import create_model
-from cdkd.teachers import save_classifier
 from cdkd.trainer import build, train
-from tests.conftest import tiny_config
+from tests.conftest import random_teachers, tiny_config
 
 
 @pytest.fixture(scope="module")
 def wrn_teachers(tmp_path_factory):
     """Three randomly initialised WRN-16-2 CIFAR teachers (different seeds) as cdkd checkpoints."""
-    d = tmp_path_factory.mktemp("wrn")
-    paths = []
-    for seed in range(3):
-        torch.manual_seed(seed)
-        path = str(d / f"wrn_16_2-{seed}.pt")
-        save_classifier(path, create_model("wrn_16_2"), "wrn_16_2", {"num_classes": 10, "in_chans": 3}, (3, 32, 32))
-        paths.append(path)
-    return paths
+    return random_teachers(tmp_path_factory.mktemp("wrn"), "wrn_16_2", (3, 32, 32))
 
 
 def test_cifar_shaped_distillation_end_to_end(wrn_teachers, tmp_path):
