@@ -27,7 +27,7 @@ from .errors import CdkdError, ConfigError, NonFiniteLossError, first_line
 from .global_bn import local_batch_stats
 from .metrics import MetricsWriter
 from .probe import ensure_probe, probe_metrics
-from .models import create_model, num_params
+from .models import create_model
 from .registry import MODELS
 from .progress import Progress
 from .supervised import accuracy, eval_mode, predictions, subset

@@ -4,7 +4,6 @@ Connects to the cluster in RAY_ADDRESS (as `ray job submit` sets it) or starts a
 """
 from __future__ import annotations
 
-import glob
 import json
 import os
 from typing import Any
@@ -13,7 +12,7 @@ import ray
 
 from ..config import Config
 from ..errors import CdkdError
-from ..trainer import build, prepare_selection, train
+from ..trainer import build, has_checkpoint, prepare_selection, train
 from .teacher_actors import RayTeacherPool
 from .train import absolute_paths, make_trainer
 
@@ -23,7 +22,7 @@ def run_on_ray(cfg: Config, resume: bool = False, threads: int = 0) -> dict[str,
     actors; returns rank 0's result."""
     cfg = absolute_paths(cfg)
     dc = cfg.distributed
-    if glob.glob(os.path.join(cfg.run_dir, "checkpoint_*")) and not resume:
+    if has_checkpoint(cfg.run_dir) and not resume:
         raise CdkdError(f"{cfg.run_dir} already holds a run; pass --resume to continue it or choose another run_dir")
     pool, checked = None, None
     if dc.teacher_pool == "local":
