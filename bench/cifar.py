@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.common import calibrated_iterations, seconds_per_iteration, summary  # noqa: E402
 from cdkd.config import METHODS, make_config  # noqa: E402
 from cdkd.data import load_data  # noqa: E402
 from cdkd.demo import ensure_teachers  # noqa: E402
@@ -32,7 +32,7 @@ WARMUP = 2
 # The CIFAR distillation settings of this bench (the paper's B = 256 does not fit an hour on 2 cores).
 CIFAR_DISTILL = {
     "model": {"nz": 256, "ngf": 64},
-    "train": {"batch_size": 64, "student_steps": 5, "log_every": 20, "ckpt_every": 100, "sample_every": 500},
+    "train": {"batch_size": 64, "student_steps": 5, "amp_scope": "auto", "log_every": 20, "ckpt_every": 100, "sample_every": 500},
     "probe": {"samples": 512, "steps": 100, "snapshots": 4, "batch_size": 64},
 }
 
@@ -43,12 +43,8 @@ def distill(args, base: dict, overrides: list[str], seed: int, run_dir: str) -> 
                                   f"--run_dir={run_dir}/{sub}", *extra])
 
     calib = build(config(args.max_iterations, "calibration", ("--probe.samples=0",)), with_data=False)
-    calib.distiller.train_iteration()
-    t0 = time.perf_counter()
-    for _ in range(WARMUP):
-        calib.distiller.train_iteration()
-    per_it = (time.perf_counter() - t0) / WARMUP
-    iterations = max(args.curve_points, min(args.max_iterations, int(0.92 * args.budget_s / per_it)))
+    per_it = seconds_per_iteration(calib.distiller, WARMUP)
+    iterations = calibrated_iterations(per_it, args.budget_s, args.max_iterations, args.curve_points)
     eval_every = max(1, iterations // args.curve_points)
     run = build(config(iterations, "run", (f"--train.budget_s={args.budget_s}", f"--train.eval_every={eval_every}")))
     result = train(run)
@@ -57,17 +53,6 @@ def distill(args, base: dict, overrides: list[str], seed: int, run_dir: str) -> 
     result["curve"] = [[int(r["iteration"]), round(r["student_acc"], 4)] for r in metrics
                        if r.get("student_acc") is not None]
     return result
-
-
-def summary(results: list[dict], keys: tuple[str, ...]) -> dict:
-    out: dict = {}
-    for key in keys:
-        values = [round(r[key], 4) if isinstance(r[key], float) else r[key] for r in results]
-        out[key] = values[0] if len(values) == 1 else values
-        if len(values) > 1:
-            out[f"{key}_mean"] = round(statistics.mean(values), 4)
-            out[f"{key}_std"] = round(statistics.stdev(values), 4)
-    return out
 
 
 def main() -> None:

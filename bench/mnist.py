@@ -1,6 +1,7 @@
 """MNIST benchmark: 3 LeNet-5 teachers (seeds 0, 1, 2) -> data-free multi-header student; one JSON line.
 
     python bench/mnist.py --method cdfkd_mfs --budget-s 600
+    python bench/mnist.py --method cgdd --seeds 0 1 2   # mean +- std over 3 distillation seeds
     python bench/mnist.py --teachers ray      # the teachers in Ray actors (one per teacher), engine here
 
 With `--teachers ray` the engine (1 train worker) runs in this process and the line adds where the
@@ -19,6 +20,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.common import calibrated_iterations, seconds_per_iteration, summary  # noqa: E402
 from cdkd.config import METHODS, make_config  # noqa: E402
 from cdkd.data import load_data  # noqa: E402
 from cdkd.demo import MNIST_DEMO, ensure_teachers  # noqa: E402
@@ -30,14 +32,17 @@ WARMUP = 4
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--method", default="cdfkd_mfs", choices=METHODS)
-    p.add_argument("--budget-s", type=float, default=600.0, help="distillation wall-clock budget")
+    p.add_argument("--budget-s", type=float, default=600.0, help="distillation wall-clock budget per seed")
     p.add_argument("--max-iterations", type=int, default=600)
     p.add_argument("--data-dir", default="")
     p.add_argument("--teacher-dir", default="runs/bench/teachers")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="distillation seeds (mean +- std over them)")
     p.add_argument("--teachers", choices=("local", "ray"), default="local", help="in-process teachers or Ray actors")
     p.add_argument("--teacher-cpus", type=float, default=0.5, help="CPU share per teacher actor (--teachers ray)")
     p.add_argument("--teacher-actors", type=int, default=0, help="actors for the 3 teachers (0 = one per teacher)")
+    p.add_argument("--overlap", action="store_true",
+                   help="same run twice, 1 thread each: teachers local vs all teachers in one 1-CPU actor")
+    p.add_argument("--overlap-iterations", type=int, default=300)
     args, overrides = p.parse_known_args()
     data = load_data("mnist", args.data_dir)
     paths = ensure_teachers(data, "mnist", "lenet5", [0, 1, 2], args.teacher_dir)
@@ -45,41 +50,87 @@ def main() -> None:
             "data": {"name": "mnist", "root": args.data_dir}}
     run_dir = os.path.join("runs", "bench", f"mnist-{args.method}-{args.teachers}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
 
-    def config(iterations: int, sub: str):
-        return make_config(base, [*overrides, f"--train.iterations={iterations}", f"--train.seed={args.seed}",
-                                  f"--train.budget_s={args.budget_s}", f"--run_dir={run_dir}/{sub}"])
+    def config(iterations: int, seed: int, sub: str):  # every seed is judged on the same probe set
+        return make_config(base, [f"--probe.path={run_dir}/probe.pt", *overrides, f"--train.iterations={iterations}",
+                                  f"--train.seed={seed}", f"--train.budget_s={args.budget_s}",
+                                  f"--run_dir={run_dir}/{sub}"])
 
+    if args.overlap:
+        return overlap(args, config, data, paths)
     pool = None
     if args.teachers == "ray":
-        import ray
-        from cdkd.config import DistributedConfig, TeacherSpec
-        from cdkd.distributed.teacher_actors import RayTeacherPool
+        pool = ray_pool(paths, args.teacher_cpus, args.teacher_actors)
+    calib = build(config(args.max_iterations, args.seeds[0], "calibration"), pool=pool)
+    iterations = calibrated_iterations(seconds_per_iteration(calib.distiller, WARMUP), args.budget_s,
+                                       args.max_iterations)
+    results = []
+    for seed in args.seeds:  # one calibration for all seeds: each runs the same schedule
+        run = build(config(iterations, seed, f"seed{seed}"), pool=pool)
+        run.data = data
+        if pool is not None:
+            pool.stats = dict.fromkeys(pool.stats, 0)
+        result = train(run)
+        result["it_per_s"] = round(result["iterations"] / result["distill_wall_s"], 3)
+        result["s_per_iteration"] = round(result["distill_wall_s"] / max(result["iterations"], 1), 3)
+        result.update(teacher_time(pool, result, args))
+        results.append(result)
+    r0 = results[0]
+    print(json.dumps({"bench": "mnist", "method": args.method, "seeds": args.seeds,
+                      "teacher_acc": [round(a, 4) for a in r0["teacher_acc"]],
+                      "ensemble_acc": round(r0["ensemble_acc"], 4),
+                      **summary(results, ("student_acc", "student_acc_attention", "val_acc", "probe_agreement",
+                                          "distill_wall_s", "probe_build_s", "iterations", "s_per_iteration",
+                                          "it_per_s", *TEACHER_TIME_KEYS)),
+                      "student_params": r0["student_params"], "teacher_params": r0["teacher_params"],
+                      "param_ratio": round(r0["student_params"] / r0["teacher_params"], 4),
+                      "teachers": args.teachers, "overrides": overrides, "run_dir": run_dir}), flush=True)
+
+
+TEACHER_TIME_KEYS = ("teacher_actors", "teacher_cpus", "teacher_put_s_per_it", "teacher_wait_s_per_it",
+                     "teacher_compute_s_per_it")
+
+
+def ray_pool(paths: list[str], teacher_cpus: float, teacher_actors: int):
+    """The 3 teachers in Ray actors on a local 2-CPU Ray (started here)."""
+    import ray
+    from cdkd.config import DistributedConfig, TeacherSpec
+    from cdkd.distributed.teacher_actors import RayTeacherPool
+    if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        pool = RayTeacherPool([TeacherSpec(path=os.path.abspath(q)) for q in paths],
-                              DistributedConfig(teacher_pool="ray", teacher_cpus=args.teacher_cpus,
-                                                teacher_actors=args.teacher_actors))
-    probe = build(config(args.max_iterations, "calibration"), pool=pool)
-    probe.distiller.train_iteration()
-    t0 = time.perf_counter()
-    for _ in range(WARMUP):
-        probe.distiller.train_iteration()
-    per_it = (time.perf_counter() - t0) / WARMUP
-    iterations = max(1, min(args.max_iterations, int(0.92 * args.budget_s / per_it)))
-    run = build(config(iterations, "run"), pool=pool)
-    run.data = data
-    if pool is not None:
+    return RayTeacherPool([TeacherSpec(path=os.path.abspath(q)) for q in paths],
+                          DistributedConfig(teacher_pool="ray", teacher_cpus=teacher_cpus,
+                                            teacher_actors=teacher_actors))
+
+
+def overlap(args, config, data, paths: list[str]) -> None:
+    """Does putting the teachers in an actor pay when it has a CPU of its own? The engine gets 1 thread in this
+    process both times; the teachers run inside it ("local_1t"), or all in one actor with 1 CPU and 1 thread
+    ("ray_split"), so the student steps while the actor computes the next batch's targets. Same iterations."""
+    import torch
+    torch.set_num_threads(1)
+    n, seed = args.overlap_iterations, args.seeds[0]
+    local = build(config(n, seed, "local_1t"))
+    local.data = data
+    res_local = train(local)
+    pool = ray_pool(paths, 1.0, 1)
+    try:
+        split = build(config(n, seed, "ray_split"), pool=pool)
+        split.data = data
         pool.stats = dict.fromkeys(pool.stats, 0)
-    result = train(run)
-    ratio = result["student_params"] / result["teacher_params"]
-    print(json.dumps({"bench": "mnist", "method": args.method, "teacher_acc": [round(a, 4) for a in result["teacher_acc"]],
-                      "ensemble_acc": round(result["ensemble_acc"], 4), "student_acc": round(result["student_acc"], 4),
-                      "student_acc_attention": round(result.get("student_acc_attention", float("nan")), 4),
-                      "student_params": result["student_params"], "teacher_params": result["teacher_params"],
-                      "param_ratio": round(ratio, 4), "distill_wall_s": result["distill_wall_s"],
-                      "iterations": result["iterations"], "s_per_iteration": round(result["distill_wall_s"] /
-                                                                                  max(result["iterations"], 1), 3),
-                      "it_per_s": round(result["iterations"] / result["distill_wall_s"], 3),
-                      "teachers": args.teachers, **teacher_time(pool, result, args), "run_dir": run_dir}), flush=True)
+        res_split = train(split)
+    finally:
+        pool.shutdown()
+    speed = {name: r["iterations"] / r["distill_wall_s"] for name, r in (("local_1t", res_local),
+                                                                        ("ray_split", res_split))}
+    args.teacher_cpus = 1.0
+    print(json.dumps({"bench": "mnist_overlap", "method": args.method, "iterations": n,
+                      "it_per_s_local_1t": round(speed["local_1t"], 3), "it_per_s_ray_split": round(speed["ray_split"], 3),
+                      "speedup": round(speed["ray_split"] / speed["local_1t"], 3),
+                      "student_acc_local_1t": round(res_local["student_acc"], 4),
+                      "student_acc_ray_split": round(res_split["student_acc"], 4),
+                      "probe_agreement_local_1t": round(res_local["probe_agreement"], 4),
+                      "probe_agreement_ray_split": round(res_split["probe_agreement"], 4),
+                      **teacher_time(pool, res_split, args)}), flush=True)
 
 
 def teacher_time(pool, result, args) -> dict:

@@ -34,7 +34,7 @@ COMPETITOR = "import torch\na = torch.randn(1500, 1500)\nwhile True:\n    a @ a"
 SETTINGS = {
     "paper-cifar100": {"teacher": "resnet34", "num_classes": 100, "num_teachers": 3, "input_shape": (3, 32, 32),
                        "config": {"method": "cdfkd_mfs", "model": {"student": "mfs_resnet18", "nz": 256},
-                                  "train": {"student_steps": 5}}},
+                                  "train": {"student_steps": 5, "amp_scope": "auto"}}},
 }
 # `--compare`: "before" = the engine's default speed settings (bf16 channels_last generator, fp32 NCHW student
 # and teachers); "after" = the same with the command line's overrides, e.g. `--train.amp=none

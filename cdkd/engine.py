@@ -1,13 +1,14 @@
 """The distillation engine: one iteration = `student_steps` student steps, then one generator step.
 
 Plain PyTorch, no I/O: the run loop (`cdkd.trainer`) and Ray Train only place and drive it. The teachers sit
-behind a `TeacherPool` (in-process or Ray actors); under torch.distributed, `enable_ddp` wraps student and
-generator in DDP and each rank draws its shard of every global batch.
+behind a `TeacherPool` (in-process or Ray actors); under torch.distributed, `apply_ddp` wraps student and
+generator in DDP from outside and each rank draws its shard of every global batch.
 """
 from __future__ import annotations
 
 import math
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -16,11 +17,12 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.profiler import record_function
 
-from .config import Config
+from .config import Config, LossConfig
 from .errors import ConfigError, NonFiniteLossError
 from .global_bn import convert_global_batchnorm
 from .models.students import as_student
 from .objectives import Targets, student_objective, student_side
+from .supervised import eval_mode
 from .teacher_pool import PoolSpec, TeacherGroup, TeacherPool, autocast
 from .teachers import Teacher
 
@@ -34,22 +36,68 @@ def build_scheduler(opt: torch.optim.Optimizer, cfg: Config) -> torch.optim.lr_s
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 1.0)
 
 
+def make_optimizers(cfg: Config, student: nn.Module, generator: nn.Module
+                    ) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+    """The student's (SGD or Adam) and the generator's (Adam) optimisers of spec 2.4."""
+    o = cfg.optim
+    if o.student == "sgd":
+        opt_s = torch.optim.SGD(student.parameters(), o.student_lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    else:
+        opt_s = torch.optim.Adam(student.parameters(), o.student_lr, weight_decay=o.weight_decay)
+    return opt_s, torch.optim.Adam(generator.parameters(), o.generator_lr)
+
+
+@dataclass
+class LossPairing:
+    """Which teacher/student pairings the losses use, decided once from shapes before training."""
+    use_feat: bool = False      # pooled-feature L1 (the student projects to the teachers' width if they differ)
+    at_stages: int = 0          # attention transfer over the first `at_stages` stage maps
+
+
+@torch.no_grad()
+def pair_losses(pool: TeacherPool, student: nn.Module, input_shape: tuple[int, ...], lc: LossConfig) -> LossPairing:
+    """Pair the losses with what teachers and student output (feature widths, stage-map sizes).
+
+    When `w_feat > 0` and the widths differ, the student gets its training-only feature projection here, so
+    the optimiser built afterwards covers it.
+    """
+    x = torch.zeros(2, *input_shape, device=next(student.parameters()).device)
+    outs = pool.describe(x)
+    with eval_mode(student):
+        stages_s, feats_s = student.forward_features(x)
+    dims = {o["pooled_dim"] for o in outs}
+    use_feat = lc.w_feat > 0
+    if use_feat and (len(dims) != 1 or None in dims):
+        raise ConfigError(f"loss.w_feat={lc.w_feat} needs pooled features of one width from every "
+                          f"teacher, got {', '.join(sorted(map(str, dims)))}; set loss.w_feat=0")
+    if use_feat and dims != {feats_s.shape[-1]}:
+        student.project_features_to(dims.pop())
+    at_stages = 0
+    if lc.w_at > 0:
+        for j, a_s in enumerate(stages_s):
+            if any(len(o["stage_sizes"]) <= j or o["stage_sizes"][j] != tuple(a_s.shape[-2:]) for o in outs):
+                break
+            at_stages = j + 1
+        if at_stages == 0:
+            raise ConfigError("loss.w_at > 0 but no teacher stage map matches the student's first stage size")
+    return LossPairing(use_feat, at_stages)
+
+
 class Distiller(nn.Module):
     """Student, generator (and its EMA copy), the teacher pool, optimisers and schedulers of one run.
 
-    `teachers` is a list of `Teacher` (wrapped in an in-process `TeacherGroup`) or any `TeacherPool`.
+    `build` (cdkd.trainer) makes the parts: the loss pairing (which may add the student's feature projection)
+    and then the optimisers over the final parameters. Parallelism is applied from outside (`apply_ddp`).
     """
 
-    def __init__(self, cfg: Config, teachers: list[Teacher] | TeacherPool, student: nn.Module,
-                 generator: nn.Module, num_classes: int) -> None:
+    def __init__(self, cfg: Config, pool: TeacherPool, student: nn.Module, generator: nn.Module, num_classes: int,
+                 optimizers: tuple[torch.optim.Optimizer, torch.optim.Optimizer], pairing: LossPairing) -> None:
         super().__init__()
         self.cfg, self.lc = cfg, cfg.loss
-        self.pool = TeacherGroup(teachers) if isinstance(teachers, list) else teachers
+        self.pool = pool
         self.student = as_student(student)
         self.generator = generator
-        # what forward passes call: the modules themselves, or their DDP wrappers after `enable_ddp`
-        object.__setattr__(self, "student_fwd", self.student)
-        object.__setattr__(self, "generator_fwd", self.generator)
+        self.ddp: dict[str, nn.Module] = {}  # DDP wrappers by part, set by `apply_ddp` (a plain dict: no submodules)
         self.rank, self.world_size = 0, 1
         self.num_classes = num_classes
         k, h = self.pool.num_teachers, self.student.num_headers
@@ -63,78 +111,30 @@ class Distiller(nn.Module):
         self.ema = None
         if cfg.train.ema:
             self.ema = AveragedModel(generator, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_momentum))
-        self.use_feat, self.at_stages = self._probe_pairs()
+        self.use_feat, self.at_stages = pairing.use_feat, pairing.at_stages
         self.pool_spec = PoolSpec(self.lc, k, self.use_feat, self.at_stages,
                                   cfg.train.amp if cfg.train.amp_scope == "all" else "none")
         self.pool.configure(self.pool_spec)
-        o = cfg.optim
-        if o.student == "sgd":
-            self.opt_s = torch.optim.SGD(self.student.parameters(), o.student_lr, momentum=o.momentum,
-                                         weight_decay=o.weight_decay)
-        else:
-            self.opt_s = torch.optim.Adam(self.student.parameters(), o.student_lr, weight_decay=o.weight_decay)
-        self.opt_g = torch.optim.Adam(generator.parameters(), o.generator_lr)
+        self.opt_s, self.opt_g = optimizers
         self.sched_s, self.sched_g = build_scheduler(self.opt_s, cfg), build_scheduler(self.opt_g, cfg)
         # fp16 autocast (CUDA) needs loss scaling against gradient underflow; bf16 and fp32 do not (no-op then)
         fp16 = cfg.train.amp == "fp16" and cfg.train.device != "cpu" and torch.cuda.is_available()
         self.scaler_s, self.scaler_g = (torch.amp.GradScaler("cuda", enabled=fp16) for _ in range(2))
         self.step = 0
 
-    @torch.no_grad()
-    def _probe_pairs(self) -> tuple[bool, int]:
-        """Decide before training which teacher/student pairings the losses can use (feature dims, map sizes)."""
-        x, y = self.sample(self.generator, 2)
-        outs = self.pool.describe(x)
-        stages_s, feats_s = self.student.forward_features(x)
-        dims = {o["pooled_dim"] for o in outs}
-        use_feat = self.lc.w_feat > 0
-        if use_feat and (len(dims) != 1 or None in dims):
-            raise ConfigError(f"loss.w_feat={self.lc.w_feat} needs pooled features of one width from every "
-                              f"teacher, got {', '.join(sorted(map(str, dims)))}; set loss.w_feat=0")
-        if use_feat and dims != {feats_s.shape[-1]}:
-            self.student.project_features_to(dims.pop())
-        at_stages = 0
-        if self.lc.w_at > 0:
-            for j, a_s in enumerate(stages_s):
-                if any(len(o["stage_sizes"]) <= j or o["stage_sizes"][j] != tuple(a_s.shape[-2:]) for o in outs):
-                    break
-                at_stages = j + 1
-            if at_stages == 0:
-                raise ConfigError("loss.w_at > 0 but no teacher stage map matches the student's first stage size")
-        return use_feat, at_stages
+    @property
+    def student_fwd(self) -> nn.Module:
+        """What the student steps call: the student, or its DDP wrapper."""
+        return self.ddp.get("student", self.student)
+
+    @property
+    def generator_fwd(self) -> nn.Module:
+        return self.ddp.get("generator", self.generator)
 
     @property
     def teachers(self) -> list[Teacher]:
         """The in-process teachers (only for an in-process pool)."""
         return list(self.pool.teachers)
-
-    def enable_ddp(self, sync_bn: bool = False) -> None:
-        """Wrap student and generator in DDP over the initialised process group; batches become per-rank shards.
-
-        Every batch statistic is taken over the global batch, so N ranks compute what 1 rank computes (spec 7.4):
-        the generator's and student's train-mode BatchNorm (`GlobalBatchNorm`, or torch's CUDA SyncBatchNorm
-        for the generator with `sync_bn`) and, with the teachers in this process, their BN prior.
-        """
-        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
-        if self.cfg.train.batch_size % self.world_size:
-            raise ConfigError(f"train.batch_size={self.cfg.train.batch_size} is not divisible by "
-                              f"{self.world_size} workers")
-        dev = next(self.student.parameters()).device
-        if sync_bn and dev.type != "cuda":
-            raise ConfigError("distributed.sync_bn needs GPU workers (torch's SyncBatchNorm is CUDA-only)")
-        if self.world_size > 1:
-            group = dist.new_group()  # BN collectives apart from DDP's gradient buckets
-            if sync_bn:
-                self.generator = nn.SyncBatchNorm.convert_sync_batchnorm(self.generator, group)
-            else:
-                convert_global_batchnorm(self.generator, group)  # same Parameter objects: optimisers stay valid
-            convert_global_batchnorm(self.student, group)
-            if isinstance(self.pool, TeacherGroup):  # (Ray teacher actors are outside the process group)
-                self.pool_spec.global_batch = True
-                self.pool.configure(self.pool_spec)
-        ids = [dev.index] if dev.type == "cuda" else None
-        object.__setattr__(self, "student_fwd", DDP(self.student, device_ids=ids))
-        object.__setattr__(self, "generator_fwd", DDP(self.generator, device_ids=ids))
 
     def amp(self, part: str = "all") -> torch.autocast | nullcontext:
         """Autocast for `part` ('generator' or 'all' = student and teachers) if the config's amp_scope covers it."""
@@ -277,3 +277,31 @@ class Distiller(nn.Module):
                 group["initial_lr"] = sched.base_lrs[i] = lr
                 sched._last_lr[i] *= ratio
         self.step = state["step"]
+
+
+def apply_ddp(d: Distiller, sync_bn: bool = False) -> None:
+    """Wrap student and generator in DDP over the initialised process group; batches become per-rank shards.
+
+    Every batch statistic is taken over the global batch, so N ranks compute what 1 rank computes (spec 7.4):
+    the generator's and student's train-mode BatchNorm (`GlobalBatchNorm`, or torch's CUDA SyncBatchNorm
+    for the generator with `sync_bn`) and, with the teachers in this process, their BN prior.
+    The optimisers stay valid: every conversion keeps the same Parameter objects.
+    """
+    d.rank, d.world_size = dist.get_rank(), dist.get_world_size()
+    if d.cfg.train.batch_size % d.world_size:
+        raise ConfigError(f"train.batch_size={d.cfg.train.batch_size} is not divisible by {d.world_size} workers")
+    dev = next(d.student.parameters()).device
+    if sync_bn and dev.type != "cuda":
+        raise ConfigError("distributed.sync_bn needs GPU workers (torch's SyncBatchNorm is CUDA-only)")
+    if d.world_size > 1:
+        group = dist.new_group()  # BN collectives apart from DDP's gradient buckets
+        if sync_bn:
+            d.generator = nn.SyncBatchNorm.convert_sync_batchnorm(d.generator, group)
+        else:
+            convert_global_batchnorm(d.generator, group)
+        convert_global_batchnorm(d.student, group)
+        if isinstance(d.pool, TeacherGroup):  # (Ray teacher actors are outside the process group)
+            d.pool_spec.global_batch = True
+            d.pool.configure(d.pool_spec)
+    ids = [dev.index] if dev.type == "cuda" else None
+    d.ddp = {"student": DDP(d.student, device_ids=ids), "generator": DDP(d.generator, device_ids=ids)}

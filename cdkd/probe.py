@@ -58,14 +58,13 @@ def build_probe(pool: TeacherPool, num_classes: int, input_shape: tuple[int, ...
             gen = gen.to(memory_format=torch.channels_last)
         amp = lambda: autocast(device.type, cfg.train.amp)  # noqa: E731
         opt = torch.optim.Adam(gen.parameters(), 1e-3)
-        pool.configure(spec)
         labels = lambda n: (torch.arange(n, device=device) % num_classes)[torch.randperm(n, device=device)]  # noqa: E731
         for step in range(1, steps[-1] + 1):
             y = labels(pc.batch_size)
             with amp():
                 x = gen(torch.randn(pc.batch_size, cfg.model.nz, device=device), y).float().contiguous()
             zeros = torch.zeros(pool.num_teachers, pc.batch_size, num_classes)
-            grad, _, _ = pool.generator_side(x.detach(), zeros, y)
+            grad, _, _ = pool.generator_side(x.detach(), zeros, y, spec)  # the probe's objective, this call only
             opt.zero_grad(set_to_none=True)
             x.backward(grad.to(x.device))
             opt.step()
@@ -99,12 +98,10 @@ def load_probe(path: str, num_classes: int, input_shape: tuple[int, ...], teache
 
 
 def ensure_probe(pool: TeacherPool, num_classes: int, input_shape: tuple[int, ...], cfg: Config,
-                 restore: PoolSpec | None = None, device: torch.device | str = "cpu"
-                 ) -> tuple[dict[str, Any] | None, bool]:
+                 device: torch.device | str = "cpu") -> tuple[dict[str, Any] | None, bool]:
     """Load the probe set of this run (or sweep), building and saving it first if it does not exist yet.
 
-    Returns (probe or None, whether it was built now). Building reconfigures `pool`; `restore` is the spec to
-    put back (the engine's) afterwards.
+    Returns (probe or None, whether it was built now). The pool's configured objective is left as it is.
     """
     if cfg.probe.samples == 0:
         return None, False
@@ -113,11 +110,7 @@ def ensure_probe(pool: TeacherPool, num_classes: int, input_shape: tuple[int, ..
         return load_probe(path, num_classes, input_shape, pool.fingerprint), False
     print(f"[cdkd] building the probe set ({cfg.probe.samples} inputs, {cfg.probe.steps} probe-generator steps) "
           f"-> {path}")
-    try:
-        probe = build_probe(pool, num_classes, input_shape, cfg, device)
-    finally:
-        if restore is not None:
-            pool.configure(restore)
+    probe = build_probe(pool, num_classes, input_shape, cfg, device)
     probe["teachers"] = pool.fingerprint
     atomic_save(probe, path)
     return probe, True

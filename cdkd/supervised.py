@@ -33,9 +33,12 @@ def train_classifier(model: nn.Module, train: Dataset, test: Dataset, epochs: in
                      schedule: str = "cosine", channels_last: bool = False, amp: str = "none") -> float:
     """SGD (momentum 0.9, Nesterov, wd 5e-4) with a per-step cosine or one-cycle schedule; returns test accuracy.
 
-    `channels_last` and `amp='bf16'` are CPU speed settings (bench/README say where each wins).
+    `channels_last` and `amp='bf16'` are CPU speed settings (README "CIFAR" says where each wins); `amp='auto'`
+    is bf16 where bf16 convolutions are fast (AMX CPUs), else none.
     """
-    from .teacher_pool import autocast
+    from .teacher_pool import autocast, fast_bf16
+    if amp == "auto":
+        amp = "bf16" if fast_bf16(torch.device("cpu")) else "none"
     torch.manual_seed(seed)
     loader = _loader(train, batch_size, True, seed)
     opt = torch.optim.SGD(model.parameters(), lr, momentum=0.9, weight_decay=5e-4, nesterov=True)

@@ -3,8 +3,9 @@
 The engine asks the pool three things (spec 7):
 - `targets(xs)`: no-grad targets for all student batches of one iteration, one `Targets` per batch, yielded
   in order so a remote pool can stream them while the student is still stepping;
-- `generator_side(x, s, y)`: the one-round-trip generator call of spec 7.2, returning the summed teacher-side
-  input gradient sum_k g_k and the teacher logits t (K, B, C);
+- `generator_side(x, s, y[, spec])`: the one-round-trip generator call of spec 7.2, returning the summed
+  teacher-side input gradient sum_k g_k and the teacher logits t (K, B, C); `spec` overrides the configured
+  objective for this call only (the probe-set build trains its own generator on the same teachers);
 - `logits(x)`: plain no-grad logits (K, B, C) for evaluation.
 
 `TeacherGroup` answers them for the teachers of one process. It *is* the in-process pool, and each Ray
@@ -48,7 +49,7 @@ class TeacherPool(Protocol):
     def configure(self, spec: PoolSpec) -> None: ...
     def describe(self, x: torch.Tensor) -> list[dict[str, Any]]: ...
     def targets(self, xs: list[torch.Tensor]) -> Iterator[Targets]: ...
-    def generator_side(self, x: torch.Tensor, s: torch.Tensor, y: torch.Tensor | None
+    def generator_side(self, x: torch.Tensor, s: torch.Tensor, y: torch.Tensor | None, spec: PoolSpec | None = None
                        ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]: ...
     def logits(self, x: torch.Tensor) -> torch.Tensor: ...
 
@@ -60,6 +61,17 @@ def autocast(device_type: str, amp: str) -> torch.autocast | nullcontext:
     if amp == "fp16" and device_type == "cuda":
         return torch.autocast(device_type, dtype=torch.float16)
     return nullcontext()
+
+
+def fast_bf16(device: torch.device) -> bool:
+    """Whether bf16 convolutions beat fp32 here: on CUDA, and on CPUs with AMX tiles (oneDNN's bf16 kernels).
+
+    Without AMX (avx512_bf16 alone) bf16 convolutions measured 1.5x slower than fp32 (README "CIFAR").
+    """
+    if device.type == "cuda":
+        return True
+    is_amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(is_amx and is_amx())
 
 
 def fingerprint(names: list[str], state_hashes: list[str]) -> str:
@@ -131,19 +143,21 @@ class TeacherGroup(nn.Module):
         for x in xs:
             yield self._targets(x)
 
-    def generator_side(self, x: torch.Tensor, s: torch.Tensor, y: torch.Tensor | None
+    def generator_side(self, x: torch.Tensor, s: torch.Tensor, y: torch.Tensor | None, spec: PoolSpec | None = None
                        ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
         """sum_k g_k over this group's teachers, their logits t (K_group, B, C), summed adv/prior for logging.
 
-        `s` holds the student logits paired with these teachers, (K_group, B, C), detached.
+        `s` holds the student logits paired with these teachers, (K_group, B, C), detached. `spec`: this call's
+        objective, if not the configured one.
         """
+        spec = spec or self.spec
         dev = self.device
         x, s = x.detach().to(dev), s.detach().to(dev)
         y = y.to(dev) if y is not None else None
         grad, ts, adv, prior = torch.zeros_like(x), [], 0.0, 0.0
         for k, teacher in enumerate(self.teachers):
-            g_k, t_k, logs = teacher_side(teacher, x, s[k], y, self.spec.loss, self.spec.num_teachers, self._amp(),
-                                          self.spec.global_batch)
+            g_k, t_k, logs = teacher_side(teacher, x, s[k], y, spec.loss, spec.num_teachers,
+                                          autocast(dev.type, spec.amp), spec.global_batch)
             grad += g_k
             ts.append(t_k)
             adv, prior = adv + logs["adv"], prior + logs["prior"]

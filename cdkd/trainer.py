@@ -5,6 +5,7 @@ checked in `build` before the first iteration.
 """
 from __future__ import annotations
 
+import copy
 import glob
 import inspect
 import json
@@ -22,16 +23,17 @@ from .aggregation import fit_aggregator
 from .checkpoint import atomic_save, export_student, load_run_checkpoint, rng_state, set_rng_state
 from .config import Config
 from .data import ImageData, load_data
-from .engine import Distiller
+from .engine import Distiller, make_optimizers, pair_losses
 from .errors import CdkdError, ConfigError, NonFiniteLossError, first_line
 from .global_bn import local_batch_stats
 from .metrics import MetricsWriter
-from .probe import ensure_probe, probe_metrics
 from .models import create_model
-from .registry import MODELS
+from .models.students import as_student
+from .probe import ensure_probe, probe_metrics
 from .progress import Progress
+from .registry import MODELS
 from .supervised import accuracy, eval_mode, predictions, subset
-from .teacher_pool import TeacherGroup, TeacherPool
+from .teacher_pool import TeacherGroup, TeacherPool, fast_bf16
 from .teachers import load_teacher
 
 
@@ -56,6 +58,15 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def resolve_auto(cfg: Config, device: torch.device) -> Config:
+    """The config with `train.amp_scope=auto` made concrete for `device` (what the run records is what ran)."""
+    if cfg.train.amp_scope != "auto":
+        return cfg
+    cfg = copy.deepcopy(cfg)
+    cfg.train.amp_scope = "all" if fast_bf16(device) and cfg.train.amp != "none" else "generator"
+    return cfg
+
+
 def build(cfg: Config, with_data: bool = True, pool: TeacherPool | None = None,
           device: torch.device | None = None) -> Run:
     """Validate all input and construct teachers, student, generator and engine (no training yet).
@@ -64,6 +75,7 @@ def build(cfg: Config, with_data: bool = True, pool: TeacherPool | None = None,
     """
     torch.set_flush_denormal(True)  # denormals in small late-training activations cost up to 4x on CPU
     device = device or pick_device(cfg.train.device)
+    cfg = resolve_auto(cfg, device)
     if not cfg.teachers:
         raise ConfigError("no teachers configured (teachers: [{path: ...}, ...])")
     data = load_data(cfg.data.name, cfg.data.root, cfg.data.download) if with_data else None
@@ -86,7 +98,10 @@ def build(cfg: Config, with_data: bool = True, pool: TeacherPool | None = None,
         generator = generator.to(memory_format=torch.channels_last)
         if cfg.train.amp_scope == "all":
             student = student.to(memory_format=torch.channels_last)
-    distiller = Distiller(cfg, pool, student, generator, num_classes).to(device)
+    student, generator = as_student(student).to(device), generator.to(device)
+    pairing = pair_losses(pool, student, shape, cfg.loss)  # may add the student's feature projection, so first
+    distiller = Distiller(cfg, pool, student, generator, num_classes, make_optimizers(cfg, student, generator),
+                          pairing).to(device)
     info = {"num_classes": num_classes, "student_params": distiller.student.deployed_params(),
             "teacher_params": pool.params, "teachers": pool.names}
     return Run(cfg, distiller, data, shape, device, info)
@@ -124,7 +139,7 @@ def prepare_selection(run: Run) -> None:
     """Load (or build, on first use) the probe set and the optional labeled validation subset."""
     cfg, d = run.cfg, run.distiller
     t0 = time.perf_counter()
-    run.probe, built = ensure_probe(d.pool, run.info["num_classes"], run.input_shape, cfg, d.pool_spec, run.device)
+    run.probe, built = ensure_probe(d.pool, run.info["num_classes"], run.input_shape, cfg, run.device)
     if built:
         run.info["probe_build_s"] = round(time.perf_counter() - t0, 1)
     if cfg.probe.val_samples:

@@ -16,6 +16,7 @@ import tempfile  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+import yaml  # noqa: E402
 
 from cdkd.models import create_model  # noqa: E402
 from cdkd.teachers import save_classifier  # noqa: E402
@@ -125,3 +126,10 @@ def tiny_config(teacher_paths: list[str], run_dir: str = "", **sections) -> dict
     for key, value in sections.items():
         cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
     return cfg
+
+
+def write_yaml(path, obj) -> str:
+    """Write `obj` as a YAML file (configs, search spaces); returns the path as a string."""
+    with open(path, "w") as f:
+        yaml.safe_dump(obj, f)
+    return str(path)

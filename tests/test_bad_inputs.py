@@ -9,9 +9,8 @@ import shutil
 
 import pytest
 import torch
-import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, write_yaml
 
 spec = importlib.util.spec_from_file_location("cdfkd_mfs_job", os.path.join(REPO, "jobs", "cdfkd_mfs.py"))
 job = importlib.util.module_from_spec(spec)
@@ -22,9 +21,7 @@ def config_file(tmp_path, teachers, name="cfg.yaml", **extra):
     cfg = {"teachers": [{"path": p} for p in teachers], "data": {"name": "mnist", "download": False},
            "model": {"nz": 16, "ngf": 8}, "train": {"iterations": 2, "batch_size": 8, "ckpt_every": 1},
            "probe": {"samples": 32, "steps": 2, "snapshots": 1, "batch_size": 8}, **extra}
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(cfg))
-    return str(path)
+    return write_yaml(tmp_path / name, cfg)
 
 
 def truncated_mnist(tmp_path, data_root):

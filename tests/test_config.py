@@ -10,7 +10,7 @@ def test_presets_are_configurations_of_one_config():
     mad = make_config({"method": "mad"})
     assert mad.train.ema and mad.loss.adv_loss == "kl"
     cgdd = make_config({"method": "cgdd"})
-    assert cgdd.model.generator == "cond_generator32" and cgdd.loss.w_at == 25.0
+    assert cgdd.model.generator == "cond_generator32" and cgdd.loss.w_at == 250.0
     assert set(PRESETS) == {"cdfkd_mfs", "ddad", "mad", "cgdd"}
 
 
@@ -103,3 +103,20 @@ def test_core_never_imports_ray():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
             offenders += [f"{path.name}: {n}" for n in names if n == "ray" or n.startswith("ray.")]
     assert not offenders, offenders
+
+
+def test_amp_scope_auto_follows_the_device(monkeypatch):
+    """`auto` runs everything in bf16 where bf16 convolutions are fast (CUDA, AMX CPUs), else the generator only;
+    the built run records the concrete value."""
+    import torch
+
+    from cdkd import trainer
+    assert trainer.fast_bf16(torch.device("cuda"))
+    cfg = make_config({}, ["--train.amp_scope=auto"])
+    monkeypatch.setattr(trainer, "fast_bf16", lambda device: True)
+    assert trainer.resolve_auto(cfg, torch.device("cpu")).train.amp_scope == "all"
+    assert cfg.train.amp_scope == "auto"  # the caller's config is not changed
+    assert trainer.resolve_auto(make_config({}, ["--train.amp_scope=auto", "--train.amp=none"]),
+                                torch.device("cpu")).train.amp_scope == "generator"
+    monkeypatch.setattr(trainer, "fast_bf16", lambda device: False)
+    assert trainer.resolve_auto(cfg, torch.device("cpu")).train.amp_scope == "generator"

@@ -15,6 +15,7 @@ import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from cdkd.config import make_config
+from cdkd.engine import apply_ddp
 from cdkd.trainer import build
 from tests.conftest import tiny_config
 
@@ -39,7 +40,7 @@ def _rank(rank: int, world: int, port: int, teacher_paths, w_bn: float, per_samp
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         d = build(config(teacher_paths, w_bn), with_data=False).distiller
-        d.enable_ddp()
+        apply_ddp(d)
         for _ in range(ITERATIONS):
             d.train_iteration()
         if rank == 0:

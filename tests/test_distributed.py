@@ -7,7 +7,10 @@ different nodes.
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -20,10 +23,11 @@ from ray.job_submission import JobStatus, JobSubmissionClient  # noqa: E402
 from cdkd.checkpoint import load_run_checkpoint  # noqa: E402
 from cdkd.config import DistributedConfig, TeacherSpec, make_config  # noqa: E402
 from cdkd.distributed.teacher_actors import RayTeacherPool  # noqa: E402
+from cdkd.errors import TeacherError  # noqa: E402
 from cdkd.distributed.train import make_trainer  # noqa: E402
 from cdkd.metrics import read_metrics  # noqa: E402
 from cdkd.trainer import build, train  # noqa: E402
-from tests.conftest import RAY, REPO, tiny_config  # noqa: E402
+from tests.conftest import RAY, REPO, tiny_config, write_yaml  # noqa: E402
 from tests.test_ddp import ITERATIONS, ddp_student, distance  # noqa: E402
 from tests.test_generator_split import reference_grads  # noqa: E402
 
@@ -95,6 +99,130 @@ def test_multinode_teacher_actors_match_in_process(ray_cluster, teacher_paths, t
             assert a[key] == pytest.approx(b[key], rel=1e-4), (key, a, b)
 
 
+def kill_teacher_actor_in_generator_step(pool: RayTeacherPool, distiller, at_step: int) -> None:
+    """SIGKILL the (first) teacher actor's process as the generator step of iteration `at_step` + 1 calls it."""
+    pid, call, done = pool.pids()[0], pool.generator_side, []
+
+    def generator_side(*args, **kwargs):
+        if distiller.step == at_step and not done:
+            os.kill(pid, signal.SIGKILL)
+            done.append(pid)
+        return call(*args, **kwargs)
+    pool.generator_side = generator_side
+
+
+def test_dead_teacher_actor_is_restarted_and_the_run_goes_on(ray_cluster, teacher_paths, tmp_path, capsys):
+    """A teacher actor killed mid-iteration: the pool restarts it, reloads it, retries the call; the run ends
+    with the losses of an unbroken run (nothing reinitialised), and says so in one line."""
+    sections = dict(train={"iterations": 5, "log_every": 1, "ckpt_every": 5})
+    train(build(make_config(tiny_config(teacher_paths, str(tmp_path / "local"), **sections)), with_data=False))
+    pool = ray_pool(teacher_paths, actors=1)
+    try:
+        old_pid = pool.pids()[0]
+        run = build(make_config(tiny_config(teacher_paths, str(tmp_path / "ray"), **sections)), with_data=False,
+                    pool=pool)
+        kill_teacher_actor_in_generator_step(pool, run.distiller, at_step=2)
+        result = train(run)
+        assert pool.pids()[0] != old_pid and pool.restarts == 1
+    finally:
+        pool.shutdown()
+    lines = [line for line in capsys.readouterr().out.splitlines() if "teacher actor" in line]
+    assert len(lines) == 1 and "died" in lines[0] and "restarted it" in lines[0], lines
+    assert result["iterations"] == 5
+    ours, ref = metrics_of(str(tmp_path / "ray")), metrics_of(str(tmp_path / "local"))
+    assert [r["iteration"] for r in ours] == [1, 2, 3, 4, 5]
+    for a, b in zip(ours, ref):  # iterations 3-5 run after the restart: same student and generator as unbroken
+        for key in ("loss_s", "loss_g", "g_adv", "g_prior"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4), (key, a, b)
+
+
+def test_teacher_actor_that_cannot_come_back_stops_the_run_resumably(ray_cluster, teacher_paths, tmp_path):
+    """No restarts left: a clear TeacherError after the last checkpoint, and a resume with new actors finishes."""
+    cfg = make_config(tiny_config(teacher_paths, str(tmp_path / "run"), train={"iterations": 4, "ckpt_every": 2}))
+    pool = ray_pool(teacher_paths, actors=1, teacher_restarts=0)
+    try:
+        run = build(cfg, with_data=False, pool=pool)
+        kill_teacher_actor_in_generator_step(pool, run.distiller, at_step=2)
+        with pytest.raises(TeacherError, match=r"teacher actor 0 \(.*\) died .*could not be restarted.*--resume"):
+            train(run)
+    finally:
+        pool.shutdown()
+    pool = ray_pool(teacher_paths, actors=1)
+    try:
+        result = train(build(cfg, with_data=False, pool=pool), resume=True)
+    finally:
+        pool.shutdown()
+    assert result["iterations"] == 4
+    assert [r["iteration"] for r in metrics_of(str(tmp_path / "run"))] == [1, 2, 3, 4]
+
+
+def test_dead_train_worker_restarts_from_the_last_checkpoint(ray_cluster, teacher_paths, tmp_path):
+    """A Ray Train worker SIGKILLed after the iteration-2 checkpoint: with max_failures=1 the worker group
+    restarts from it and finishes, and the metrics hold every iteration exactly once."""
+    from ray.train import UserCallback
+
+    class KillWorkerAfterReport(UserCallback):  # runs in the Train controller, which outlives the worker group
+        killed: list = []
+
+        def after_report(self, run_context, metrics, checkpoint):
+            if not self.killed and checkpoint is not None and metrics[0]["iteration"] == 2:
+                from ray.util.state import list_actors
+                for actor in list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]):
+                    os.kill(actor.pid, signal.SIGKILL)
+                    self.killed.append(actor.pid)
+
+    run_dir = tmp_path / "run"
+    cfg = make_config(tiny_config(teacher_paths, str(run_dir), train={"iterations": 6, "ckpt_every": 2},
+                                  distributed={"workers": 1, "cpus_per_worker": 0.5, "max_failures": 1}))
+    result = make_trainer(cfg, threads=1, with_data=False, callbacks=[KillWorkerAfterReport()]).fit()
+    assert result.error is None and result.metrics["iteration"] == 6
+    assert [r["iteration"] for r in metrics_of(str(run_dir))] == [1, 2, 3, 4, 5, 6]
+    with open(run_dir / "resumes.jsonl") as f:
+        resumes = [json.loads(line) for line in f]
+    assert [r["iteration"] for r in resumes] == [2]  # one restart, from the checkpoint of iteration 2
+
+
+def complete_checkpoints(run_dir) -> dict[str, int]:
+    """Ray Train checkpoint directories of `run_dir` whose file reads completely -> their iteration."""
+    out = {}
+    for name in os.listdir(run_dir):
+        if name.startswith("checkpoint_"):
+            try:
+                out[os.path.join(run_dir, name)] = load_run_checkpoint(
+                    os.path.join(run_dir, name, "last.pt"))["engine"]["step"]
+            except Exception:  # noqa: BLE001 - still being written
+                pass
+    return out
+
+
+def test_killed_job_driver_resumes_from_the_newest_checkpoint(ray_cluster, teacher_paths, data_root, tmp_path):
+    """SIGKILL the job's driver (the entrypoint `ray job submit` runs) mid-run; `--resume` continues from the
+    newest complete checkpoint on disk and finishes with every iteration logged once."""
+    run_dir = tmp_path / "run"
+    cfg = tiny_config(teacher_paths, str(run_dir), train={"iterations": 40, "ckpt_every": 4},
+                      distributed={"workers": 1, "cpus_per_worker": 0.5})
+    args = [sys.executable, os.path.join(REPO, "jobs", "cdfkd_mfs.py"), "--config", write_yaml(tmp_path / "job.yaml", cfg),
+            "--data-dir", os.path.abspath(data_root), "--data.download=false"]
+    env = {**ray_cluster["env"], "RAY_ADDRESS": ray_cluster["address"]}
+    proc = subprocess.Popen(args, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.monotonic() + 240
+    while len(complete_checkpoints(run_dir) if run_dir.exists() else {}) < 2:
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline, "no second checkpoint within 240 s"
+        time.sleep(0.2)  # polling the file system for the condition, with a deadline
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    newest = max(complete_checkpoints(run_dir).items(), key=lambda kv: kv[1])
+    assert newest[1] < 40
+    done = subprocess.run([*args, "--resume"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with open(run_dir / "resumes.jsonl") as f:
+        first = json.loads(f.readline())
+    assert (first["iteration"], first["from"]) == (newest[1], newest[0])
+    assert [r["iteration"] for r in metrics_of(str(run_dir))] == list(range(1, 41))
+
+
 def ray_cluster_nodes() -> dict[str, str]:
     return {name: n["NodeID"] for n in ray.nodes() if n["Alive"] for name in n["Resources"] if name in ("head", "node2")}
 
@@ -162,6 +290,9 @@ def test_ray_job_submit_cli(ray_cluster, teacher_paths, data_root, tmp_path):
     result = json.loads(out.split("RESULT ", 1)[1].splitlines()[0])
     assert result["iterations"] == 4 and 0.0 <= result["student_acc"] <= 1.0
     assert "student (mean of headers)" in out and "teacher actors" in out
+    # Ray Train's per-report and checkpoint lines stay in Ray's log files; cdkd's progress lines stay on the console
+    assert "Reporting training result" not in out and "Checkpoint successfully created" not in out, out[-3000:]
+    assert "[cdfkd_mfs] 4/4" in out
     for path in ("result.json", "student.pt2", "config.yaml"):
         assert (run_dir / path).exists(), path
     assert read_metrics(str(run_dir / "metrics")).num_rows == 4

@@ -4,11 +4,10 @@ import subprocess
 import sys
 
 import pytest
-import yaml
 
 from cdkd.models import create_model
 from cdkd.teachers import save_classifier
-from tests.conftest import REPO
+from tests.conftest import REPO, write_yaml
 
 JOB = os.path.join(REPO, "jobs", "cdfkd_mfs.py")
 
@@ -21,9 +20,7 @@ def write_config(tmp_path, teacher_paths, **extra):
     cfg = {"teachers": [{"path": p} for p in teacher_paths], "data": {"name": "mnist", "download": False},
            "train": {"iterations": 2, "batch_size": 8},
            "probe": {"samples": 64, "steps": 4, "snapshots": 2, "batch_size": 16}, **extra}
-    path = tmp_path / "cfg.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return str(path)
+    return write_yaml(tmp_path / "cfg.yaml", cfg)
 
 
 def assert_one_line_error(proc, pattern):

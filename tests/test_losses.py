@@ -74,3 +74,27 @@ def test_losses_carry_gradients():
     t = torch.randn(2, 4, 5)
     (L.header_l1(s, t) + L.ensemble_l1(s, t) + L.kl_div(t, s)).backward()
     assert s.grad is not None and s.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("shape,fmt", [((4, 3, 5, 5), torch.contiguous_format), ((4, 3, 5, 5), torch.channels_last),
+                                       ((6, 2), torch.contiguous_format)])
+def test_batch_moments_equal_var_mean_values_and_gradient(shape, fmt):
+    """The fused BN-prior moments give torch.var_mean's values and the same input gradient (float64 gradcheck)."""
+    a = torch.randn(*shape, dtype=torch.float64).contiguous(memory_format=fmt) * 3 + 1
+    var, mean = L.BatchMoments.apply(a)
+    ref_var, ref_mean = torch.var_mean(a, dim=[0, *range(2, a.dim())], unbiased=False)
+    assert torch.allclose(mean.double(), ref_mean, atol=1e-6) and torch.allclose(var.double(), ref_var, atol=1e-5)
+    x = a.clone().requires_grad_(True)
+    # the op computes in fp32: compare its gradient with var_mean's on the same fp32 input
+    w_v, w_m = torch.randn(shape[1]), torch.randn(shape[1])
+    xf = x.detach().float().requires_grad_(True)
+    v, m = L.BatchMoments.apply(xf)
+    (g,) = torch.autograd.grad((w_v * v).sum() + (w_m * m).sum(), xf)
+    rv, rm = torch.var_mean(xf, dim=[0, *range(2, a.dim())], unbiased=False)
+    (g_ref,) = torch.autograd.grad((w_v * rv).sum() + (w_m * rm).sum(), xf)
+    assert torch.allclose(g, g_ref, atol=1e-6)
+    # bf16 input: the gradient comes back in the input's dtype and layout
+    xb = a.to(torch.bfloat16).contiguous(memory_format=fmt).requires_grad_(True)
+    v, m = L.BatchMoments.apply(xb)
+    (gb,) = torch.autograd.grad(v.sum() + m.sum(), xb)
+    assert gb.dtype == torch.bfloat16 and v.dtype == torch.float32

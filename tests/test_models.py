@@ -119,3 +119,18 @@ def test_single_head_wrapper():
 def test_unknown_model_suggests():
     with pytest.raises(ConfigError, match="did you mean.*lenet5"):
         create_model("lenet6")
+
+
+def test_depthwise_conv_runs_in_fp32_under_cpu_autocast():
+    """SepConv's depthwise layers keep fp32 under bf16 autocast on the CPU (the slow bf16 backward), with the
+    parameters and values of a plain grouped nn.Conv2d."""
+    from cdkd.models.students import DepthwiseConv2d
+    dw = DepthwiseConv2d(8, 3, 2, 1)
+    ref = torch.nn.Conv2d(8, 8, 3, 2, 1, groups=8, bias=False)
+    ref.load_state_dict(dw.state_dict())  # same keys and shapes
+    x = torch.randn(2, 8, 9, 9)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = dw(x.to(torch.bfloat16))
+        y_plain = ref(x)
+    assert y.dtype == torch.float32 and y_plain.dtype == torch.bfloat16
+    assert torch.allclose(y, ref(x.to(torch.bfloat16).float()), atol=1e-6)

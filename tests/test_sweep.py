@@ -9,10 +9,9 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
-import yaml
 
 from cdkd.config import load_config
-from tests.conftest import REPO, tiny_config
+from tests.conftest import REPO, tiny_config, write_yaml
 
 ray = pytest.importorskip("ray")
 
@@ -26,16 +25,10 @@ def sweep_cli():
     return module.main
 
 
-def write(path, obj) -> str:
-    with open(path, "w") as f:
-        yaml.safe_dump(obj, f)
-    return str(path)
-
-
 @pytest.fixture
 def base_yaml(teacher_paths, data_root, tmp_path) -> str:
     cfg = tiny_config(teacher_paths, data={"name": "mnist", "root": data_root})
-    return write(tmp_path / "base.yaml", cfg)
+    return write_yaml(tmp_path / "base.yaml", cfg)
 
 
 SPACE = {"loss.w_adv": {"loguniform": [0.1, 10.0]}, "loss.w_bn": {"uniform": [0.01, 1.0]}}
@@ -56,7 +49,7 @@ SPACE = {"loss.w_adv": {"loguniform": [0.1, 10.0]}, "loss.w_bn": {"uniform": [0.
 ])
 def test_bad_search_space_fails_before_any_trial(base_yaml, tmp_path, capsys, space, message):
     sweep_dir = tmp_path / "sweep"
-    rc = sweep_cli()(["--config", base_yaml, "--space", write(tmp_path / "space.yaml", space),
+    rc = sweep_cli()(["--config", base_yaml, "--space", write_yaml(tmp_path / "space.yaml", space),
                       "--sweep-dir", str(sweep_dir), "--num-samples", "4"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
@@ -75,7 +68,7 @@ def test_bad_sweep_settings_fail_before_any_trial(base_yaml, tmp_path, capsys):
 
 def test_four_trial_mnist_sweep_writes_table_and_best_config(ray_cluster, base_yaml, tmp_path, capsys):
     sweep_dir = tmp_path / "sweep"
-    rc = sweep_cli()(["--config", base_yaml, "--space", write(tmp_path / "space.yaml", SPACE),
+    rc = sweep_cli()(["--config", base_yaml, "--space", write_yaml(tmp_path / "space.yaml", SPACE),
                       "--sweep-dir", str(sweep_dir), "--num-samples", "4"])
     out = capsys.readouterr().out
     assert rc == 0, out[-3000:]
@@ -113,9 +106,9 @@ def resumes(sweep_dir, tune_trial_dir: str) -> list[dict]:
 
 def test_pbt_exploit_restores_the_donor_checkpoint(ray_cluster, teacher_paths, tmp_path, capsys):
     """After each exploit the trial continues from the donor's iteration, not from scratch (Train V2-era Tune)."""
-    base = write(tmp_path / "base.yaml", tiny_config(teacher_paths, train={"iterations": 12}))
+    base = write_yaml(tmp_path / "base.yaml", tiny_config(teacher_paths, train={"iterations": 12}))
     sweep_dir = tmp_path / "pbt"
-    rc = sweep_cli()(["--config", base, "--space", write(tmp_path / "space.yaml", SPACE), "--scheduler", "pbt",
+    rc = sweep_cli()(["--config", base, "--space", write_yaml(tmp_path / "space.yaml", SPACE), "--scheduler", "pbt",
                       "--pbt-interval", "4", "--sweep-dir", str(sweep_dir), "--num-samples", "2", "--no-test"])
     assert rc == 0, capsys.readouterr().out[-3000:]
     with open(sweep_dir / "pbt_global.txt") as f:
@@ -135,9 +128,9 @@ def test_pbt_exploit_restores_the_donor_checkpoint(ray_cluster, teacher_paths, t
 
 def test_interrupted_sweep_resumes(ray_cluster, teacher_paths, tmp_path):
     """Kill the sweep driver mid-run; `--resume` continues every trial from its last checkpoint."""
-    base = write(tmp_path / "base.yaml", tiny_config(teacher_paths, train={"iterations": 60, "ckpt_every": 4}))
+    base = write_yaml(tmp_path / "base.yaml", tiny_config(teacher_paths, train={"iterations": 60, "ckpt_every": 4}))
     sweep_dir = tmp_path / "sweep"
-    args = [sys.executable, SWEEP, "--config", base, "--space", write(tmp_path / "space.yaml", SPACE),
+    args = [sys.executable, SWEEP, "--config", base, "--space", write_yaml(tmp_path / "space.yaml", SPACE),
             "--sweep-dir", str(sweep_dir), "--num-samples", "2", "--scheduler", "fifo", "--no-test"]
     # TUNE_GLOBAL_CHECKPOINT_S=0: Tune saves its experiment state on every loop, so each trial checkpoint older
     # than the newest one is known to it when the driver dies
@@ -169,9 +162,9 @@ def test_interrupted_sweep_resumes(ray_cluster, teacher_paths, tmp_path):
                                          {"workers": 1, "cpus_per_worker": 1.0}], ids=["teacher-actors", "ray-train"])
 def test_trials_place_the_engine_as_the_config_says(ray_cluster, teacher_paths, tmp_path, capsys, distributed):
     """Trials with the teachers in Ray actors, and trials that drive a Ray Train run (TuneReportCallback)."""
-    base = write(tmp_path / "base.yaml", tiny_config(teacher_paths, distributed=distributed))
+    base = write_yaml(tmp_path / "base.yaml", tiny_config(teacher_paths, distributed=distributed))
     sweep_dir = tmp_path / "sweep"
-    rc = sweep_cli()(["--config", base, "--space", write(tmp_path / "space.yaml", SPACE), "--scheduler", "fifo",
+    rc = sweep_cli()(["--config", base, "--space", write_yaml(tmp_path / "space.yaml", SPACE), "--scheduler", "fifo",
                       "--sweep-dir", str(sweep_dir), "--num-samples", "2", "--no-test"])
     assert rc == 0, capsys.readouterr().out[-3000:]
     rows = pq.read_table(sweep_dir / "results.parquet").to_pylist()

@@ -33,9 +33,10 @@ from ..checkpoint import load_run_checkpoint
 from ..config import make_config
 from ..errors import CdkdError, ConfigError
 from ..search_space import Param, apply, parse_space
-from ..trainer import build, evaluate, prepare_selection, train
-from .teacher_actors import RayTeacherPool, num_actors
-from .train import CKPT_FILE, ReportedCheckpoints, absolute_paths, make_trainer
+from ..trainer import build, evaluate, prepare_selection
+from .launch import launch, make_pool
+from .teacher_actors import num_actors
+from .train import CKPT_FILE, ReportedCheckpoints, absolute_paths
 
 METRICS = {"probe_agreement": "max", "probe_tv": "min", "val_acc": "max"}
 SCHEDULERS = ("asha", "pbt", "fifo")
@@ -116,22 +117,16 @@ def trial_config(base: dict[str, Any], values: dict[str, Any], sweep_dir: str, t
 
 
 def run_trial(config: dict[str, Any], settings: SweepSettings) -> None:
-    """One Tune trial: the engine in this process, or a Ray Train run driven from here."""
+    """One Tune trial: the engine in this process, or a Ray Train run driven from here (`launch` decides)."""
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = trial_config(settings.base, config, settings.sweep_dir, trial_id)
-    dc = cfg.distributed
-    threads = max(1, int(dc.cpus_per_worker))
+    threads = max(1, int(cfg.distributed.cpus_per_worker))
     torch.set_num_threads(threads)
-    pool = RayTeacherPool(cfg.teachers, dc) if dc.teacher_pool == "ray" else None
+    pool = make_pool(cfg)
     try:
-        if dc.workers == 0:
-            run = build(cfg, with_data=cfg.probe.val_samples > 0, pool=pool)
-            run.test = False
-            train(run, resume=True, store=ReportedCheckpoints(ray.tune.report, ray.tune.get_checkpoint,
-                                                              ray.tune.Checkpoint))
-        else:
-            make_trainer(cfg, pool, threads, with_data=cfg.probe.val_samples > 0, test=False,
-                         callbacks=[TuneReportCallback()]).fit()
+        launch(cfg, pool, resume=True, threads=threads, with_data=cfg.probe.val_samples > 0, test=False,
+               store=ReportedCheckpoints(ray.tune.report, ray.tune.get_checkpoint, ray.tune.Checkpoint),
+               callbacks=[TuneReportCallback()])
     finally:
         if pool is not None:
             pool.shutdown()

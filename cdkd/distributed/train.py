@@ -15,12 +15,14 @@ import ray
 import ray.train
 import ray.train.torch
 import torch
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from ..checkpoint import load_run_checkpoint
 from ..config import Config, make_config
 from ..data import resolve_root
+from ..engine import apply_ddp
+from ..errors import CdkdError
 from ..trainer import build, default_run_dir, train
 from .teacher_actors import RayTeacherPool
 
@@ -29,23 +31,33 @@ CKPT_FILE = "last.pt"
 
 class ReportedCheckpoints:
     """Checkpoints through Ray's `report` (Ray Train's: a barrier, every rank calls `save`, rank 0 brings the
-    state; or Ray Tune's, in a Tune trial), restored through the matching `get_checkpoint`."""
+    state; or Ray Tune's, in a Tune trial), restored through the matching `get_checkpoint`.
+
+    `run_dir` (Ray Train runs): also look there for a newer complete `checkpoint_*` than the one Ray restores.
+    A driver killed after a checkpoint was written but before Ray's controller recorded it would otherwise
+    resume from the older one.
+    """
     location = "the latest reported Ray checkpoint"
 
     def __init__(self, report: Callable = ray.train.report, get_checkpoint: Callable = ray.train.get_checkpoint,
-                 checkpoint_cls: type = Checkpoint) -> None:
+                 checkpoint_cls: type = Checkpoint, run_dir: str = "") -> None:
         self.report, self.get_checkpoint, self.checkpoint_cls = report, get_checkpoint, checkpoint_cls
+        self.run_dir = run_dir
 
     def exists(self) -> bool:
-        return self.get_checkpoint() is not None
+        return self.get_checkpoint() is not None or newest_complete(self.run_dir) is not None
 
     def load(self) -> dict[str, Any] | None:
         ckpt = self.get_checkpoint()
-        if ckpt is None:
-            return None
-        self.location = ckpt.path  # where a resume came from (a PBT exploit: another trial's checkpoint)
-        with ckpt.as_directory() as d:
-            return load_run_checkpoint(os.path.join(d, CKPT_FILE))
+        state = None
+        if ckpt is not None:
+            self.location = ckpt.path  # where a resume came from (a PBT exploit: another trial's checkpoint)
+            with ckpt.as_directory() as d:
+                state = load_run_checkpoint(os.path.join(d, CKPT_FILE))
+        newer = newest_complete(self.run_dir)
+        if newer is not None and (state is None or newer[1]["engine"]["step"] > state["engine"]["step"]):
+            self.location, state = newer
+        return state
 
     def save(self, state: dict[str, Any] | None, metrics: dict[str, float]) -> None:
         if state is None:
@@ -54,6 +66,22 @@ class ReportedCheckpoints:
         with tempfile.TemporaryDirectory() as d:
             torch.save(state, os.path.join(d, CKPT_FILE))
             self.report(metrics, checkpoint=self.checkpoint_cls.from_directory(d))
+
+
+def newest_complete(run_dir: str) -> tuple[str, dict[str, Any]] | None:
+    """(path, state) of the newest `checkpoint_*` in `run_dir` whose file reads completely, or None.
+
+    Ray Train names them `checkpoint_<date and time>`, so the names sort by age.
+    """
+    if not run_dir or not os.path.isdir(run_dir):
+        return None
+    for name in sorted((n for n in os.listdir(run_dir) if n.startswith("checkpoint_")), reverse=True):
+        path = os.path.join(run_dir, name)
+        try:
+            return path, load_run_checkpoint(os.path.join(path, CKPT_FILE))
+        except CdkdError:  # missing or cut short: a checkpoint still being written when the driver died
+            continue
+    return None
 
 
 def absolute_paths(cfg: Config) -> Config:
@@ -76,8 +104,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     run = build(cfg, with_data=rank == 0 and config.get("with_data", True), pool=config.get("pool"), device=device)
     run.test = config.get("test", True)
     if world > 1:
-        run.distiller.enable_ddp(sync_bn=cfg.distributed.sync_bn)
-    train(run, resume=True, store=ReportedCheckpoints())  # rank 0 writes result.json into the run directory
+        apply_ddp(run.distiller, sync_bn=cfg.distributed.sync_bn)
+    train(run, resume=True, store=ReportedCheckpoints(run_dir=cfg.run_dir))  # rank 0 writes result.json
 
 
 def make_trainer(cfg: Config, pool: RayTeacherPool | None = None, threads: int = 0, with_data: bool = True,
@@ -101,4 +129,5 @@ def make_trainer(cfg: Config, pool: RayTeacherPool | None = None, threads: int =
         run_config=RunConfig(name=os.path.basename(run_dir), storage_path=os.path.dirname(run_dir),
                              failure_config=FailureConfig(max_failures=dc.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=dc.num_to_keep),
+                             logging_config=LoggingConfig(log_level=dc.log_level),  # chatter to log files only
                              callbacks=callbacks or []))
