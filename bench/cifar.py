@@ -66,11 +66,13 @@ def main() -> None:
     p.add_argument("--arch", default="wrn_16_2", help="teacher architecture")
     p.add_argument("--student", default="mfs_wrn_16_1")
     p.add_argument("--teachers-dir", default="runs/bench/teachers", help="cached teachers (trained there if absent)")
+    p.add_argument("--teacher-epochs", type=int, default=0, help="teacher recipe epochs (0 = the recipe's)")
     p.add_argument("--data-dir", default="")
     p.add_argument("--curve-points", type=int, default=4)
     args, overrides = p.parse_known_args()
     data = load_data(args.dataset, args.data_dir)
-    paths = ensure_teachers(data, args.dataset, args.arch, args.teacher_seeds, args.teachers_dir)
+    paths = ensure_teachers(data, args.dataset, args.arch, args.teacher_seeds, args.teachers_dir,
+                            args.teacher_epochs or None)
     base = {**CIFAR_DISTILL, "method": args.method, "teachers": [{"path": q} for q in paths],
             "data": {"name": args.dataset, "root": args.data_dir},
             "model": {**CIFAR_DISTILL["model"], "student": args.student}}

@@ -158,7 +158,7 @@ def test_teacher_actor_that_cannot_come_back_stops_the_run_resumably(ray_cluster
 
 def test_dead_train_worker_restarts_from_the_last_checkpoint(ray_cluster, teacher_paths, tmp_path):
     """A Ray Train worker SIGKILLed after the iteration-2 checkpoint: with max_failures=1 the worker group
-    restarts from it and finishes, and the metrics hold every iteration exactly once."""
+    restarts from the newest checkpoint and finishes, and the metrics hold every iteration exactly once."""
     from ray.train import UserCallback
 
     class KillWorkerAfterReport(UserCallback):  # runs in the Train controller, which outlives the worker group
@@ -179,7 +179,9 @@ def test_dead_train_worker_restarts_from_the_last_checkpoint(ray_cluster, teache
     assert [r["iteration"] for r in metrics_of(str(run_dir))] == [1, 2, 3, 4, 5, 6]
     with open(run_dir / "resumes.jsonl") as f:
         resumes = [json.loads(line) for line in f]
-    assert [r["iteration"] for r in resumes] == [2]  # one restart, from the checkpoint of iteration 2
+    # one restart, from the newest complete checkpoint when the worker died: iteration 2, or 4 when the worker
+    # had written that one before the SIGKILL landed (the controller's callback runs concurrently with it)
+    assert len(resumes) == 1 and resumes[0]["iteration"] in (2, 4), resumes
 
 
 def complete_checkpoints(run_dir) -> dict[str, int]:

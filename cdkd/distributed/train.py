@@ -6,6 +6,7 @@ Restore = rerun with the same run directory (= RunConfig storage_path/name).
 """
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from dataclasses import replace
@@ -94,8 +95,30 @@ def absolute_paths(cfg: Config) -> Config:
     return cfg
 
 
+def route_report_lines_to_files(level: str) -> None:
+    """Send Ray Train's per-report worker line ("Reporting training result ...") to Ray Train's log files only.
+
+    `LoggingConfig(log_level)` filters the `ray.train` loggers, but Ray 2.60 logs that line under the logger
+    named by its file path (`getLogger(__file__)` in ray/train/v2/_internal/execution/context.py), which
+    propagates to the worker's root console instead. Below `level`, it now goes to Ray Train's file handlers.
+    """
+    if logging.getLevelName(level) <= logging.INFO:
+        return
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+        from ray.train.v2._internal.logging.logging import SessionFileHandler
+    except ImportError:  # another Ray layout: nothing to reroute
+        return
+    chatter = logging.getLogger(train_context.__file__)
+    chatter.propagate = False
+    for handler in logging.getLogger("ray.train").handlers:
+        if isinstance(handler, SessionFileHandler) and handler not in chatter.handlers:
+            chatter.addHandler(handler)
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     cfg = make_config(config["config"])
+    route_report_lines_to_files(cfg.distributed.log_level)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     if config.get("threads"):
