@@ -141,7 +141,7 @@ class DistributedConfig:
     max_failures: int = 0             # Ray Train worker-group restarts from the last checkpoint
     num_to_keep: int = 2              # Ray Train checkpoints kept
     log_level: str = "WARNING"        # Ray Train's own console lines (per-report, checkpoint): INFO shows them;
-                                      # they always go to Ray's log files (session logs/ray-train)
+                                      # they always go to Ray Train's log files (session logs/train/)
 
 
 @dataclass
