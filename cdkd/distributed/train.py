@@ -46,7 +46,8 @@ class ReportedCheckpoints:
         self.run_dir = run_dir
 
     def exists(self) -> bool:
-        return self.get_checkpoint() is not None or newest_complete(self.run_dir) is not None
+        return self.get_checkpoint() is not None or any(
+            os.path.exists(os.path.join(d, CKPT_FILE)) for d in checkpoint_dirs(self.run_dir))
 
     def load(self) -> dict[str, Any] | None:
         ckpt = self.get_checkpoint()
@@ -69,15 +70,16 @@ class ReportedCheckpoints:
             self.report(metrics, checkpoint=self.checkpoint_cls.from_directory(d))
 
 
-def newest_complete(run_dir: str) -> tuple[str, dict[str, Any]] | None:
-    """(path, state) of the newest `checkpoint_*` in `run_dir` whose file reads completely, or None.
-
-    Ray Train names them `checkpoint_<date and time>`, so the names sort by age.
-    """
+def checkpoint_dirs(run_dir: str) -> list[str]:
+    """Ray Train's `checkpoint_<date and time>` directories in `run_dir`, newest first (the names sort by age)."""
     if not run_dir or not os.path.isdir(run_dir):
-        return None
-    for name in sorted((n for n in os.listdir(run_dir) if n.startswith("checkpoint_")), reverse=True):
-        path = os.path.join(run_dir, name)
+        return []
+    return [os.path.join(run_dir, n) for n in sorted(os.listdir(run_dir), reverse=True) if n.startswith("checkpoint_")]
+
+
+def newest_complete(run_dir: str) -> tuple[str, dict[str, Any]] | None:
+    """(path, state) of the newest `checkpoint_*` in `run_dir` whose file reads completely, or None."""
+    for path in checkpoint_dirs(run_dir):
         try:
             return path, load_run_checkpoint(os.path.join(path, CKPT_FILE))
         except CdkdError:  # missing or cut short: a checkpoint still being written when the driver died
