@@ -20,7 +20,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import calibrated_iterations, seconds_per_iteration, summary  # noqa: E402
+from bench.common import (TEACHER_TIME_KEYS, calibrated_iterations, overlap, ray_pool,  # noqa: E402
+                          seconds_per_iteration, summary, teacher_time)
 from cdkd.config import METHODS, make_config  # noqa: E402
 from cdkd.data import load_data  # noqa: E402
 from cdkd.demo import MNIST_DEMO, ensure_teachers  # noqa: E402
@@ -56,7 +57,9 @@ def main() -> None:
                                   f"--run_dir={run_dir}/{sub}"])
 
     if args.overlap:
-        return overlap(args, config, data, paths)
+        line = overlap(lambda sub: config(args.overlap_iterations, args.seeds[0], sub), data, paths)
+        print(json.dumps({"bench": "mnist_overlap", "method": args.method, **line}), flush=True)
+        return
     pool = None
     if args.teachers == "ray":
         pool = ray_pool(paths, args.teacher_cpus, args.teacher_actors)
@@ -72,7 +75,7 @@ def main() -> None:
         result = train(run)
         result["it_per_s"] = round(result["iterations"] / result["distill_wall_s"], 3)
         result["s_per_iteration"] = round(result["distill_wall_s"] / max(result["iterations"], 1), 3)
-        result.update(teacher_time(pool, result, args))
+        result.update(teacher_time(pool, result, args.teacher_cpus))
         results.append(result)
     r0 = results[0]
     print(json.dumps({"bench": "mnist", "method": args.method, "seeds": args.seeds,
@@ -84,62 +87,6 @@ def main() -> None:
                       "student_params": r0["student_params"], "teacher_params": r0["teacher_params"],
                       "param_ratio": round(r0["student_params"] / r0["teacher_params"], 4),
                       "teachers": args.teachers, "overrides": overrides, "run_dir": run_dir}), flush=True)
-
-
-TEACHER_TIME_KEYS = ("teacher_actors", "teacher_cpus", "teacher_put_s_per_it", "teacher_wait_s_per_it",
-                     "teacher_compute_s_per_it")
-
-
-def ray_pool(paths: list[str], teacher_cpus: float, teacher_actors: int):
-    """The 3 teachers in Ray actors on a local 2-CPU Ray (started here)."""
-    import ray
-    from cdkd.config import DistributedConfig, TeacherSpec
-    from cdkd.distributed.teacher_actors import RayTeacherPool
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    return RayTeacherPool([TeacherSpec(path=os.path.abspath(q)) for q in paths],
-                          DistributedConfig(teacher_pool="ray", teacher_cpus=teacher_cpus,
-                                            teacher_actors=teacher_actors))
-
-
-def overlap(args, config, data, paths: list[str]) -> None:
-    """Does putting the teachers in an actor pay when it has a CPU of its own? The engine gets 1 thread in this
-    process both times; the teachers run inside it ("local_1t"), or all in one actor with 1 CPU and 1 thread
-    ("ray_split"), so the student steps while the actor computes the next batch's targets. Same iterations."""
-    import torch
-    torch.set_num_threads(1)
-    n, seed = args.overlap_iterations, args.seeds[0]
-    local = build(config(n, seed, "local_1t"))
-    local.data = data
-    res_local = train(local)
-    pool = ray_pool(paths, 1.0, 1)
-    try:
-        split = build(config(n, seed, "ray_split"), pool=pool)
-        split.data = data
-        pool.stats = dict.fromkeys(pool.stats, 0)
-        res_split = train(split)
-    finally:
-        pool.shutdown()
-    speed = {name: r["iterations"] / r["distill_wall_s"] for name, r in (("local_1t", res_local),
-                                                                        ("ray_split", res_split))}
-    args.teacher_cpus = 1.0
-    print(json.dumps({"bench": "mnist_overlap", "method": args.method, "iterations": n,
-                      "it_per_s_local_1t": round(speed["local_1t"], 3), "it_per_s_ray_split": round(speed["ray_split"], 3),
-                      "speedup": round(speed["ray_split"] / speed["local_1t"], 3),
-                      "student_acc_local_1t": round(res_local["student_acc"], 4),
-                      "student_acc_ray_split": round(res_split["student_acc"], 4),
-                      "probe_agreement_local_1t": round(res_local["probe_agreement"], 4),
-                      "probe_agreement_ray_split": round(res_split["probe_agreement"], 4),
-                      **teacher_time(pool, res_split, args)}), flush=True)
-
-
-def teacher_time(pool, result, args) -> dict:
-    """Seconds per iteration spent serialising inputs, waiting on actors, and computing inside the slowest actor."""
-    if pool is None:
-        return {}
-    n = max(result["iterations"], 1)
-    return {"teacher_actors": len(pool.actors), "teacher_cpus": args.teacher_cpus,
-            **{f"teacher_{k}_per_it": round(v / n, 4) for k, v in pool.stats.items()}}
 
 
 if __name__ == "__main__":

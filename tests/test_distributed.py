@@ -60,6 +60,11 @@ def test_actor_generator_gradient_equals_autograd(ray_cluster, teacher_paths, me
         for remote, mine in zip(pool.targets(xs), local.pool.targets(xs)):
             assert torch.allclose(remote.logits, mine.logits, atol=1e-6)
             assert [m.shape for m in remote.maps or []] == [m.shape for m in mine.maps or []]
+        # the bench's time split counts the training calls only: evaluation logits leave it untouched
+        assert pool.stats["wait_s"] > 0 and pool.stats["compute_s"] > 0
+        before = dict(pool.stats)
+        assert pool.logits(xs[0]).shape[:2] == (3, 8)
+        assert pool.stats == before
     finally:
         pool.shutdown()
 

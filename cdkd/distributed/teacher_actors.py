@@ -141,7 +141,7 @@ class RayTeacherPool:
         self.fingerprint = fingerprint(self.names, [h for info in infos for h in info["state_hashes"]])
         self.placement = [{"node": info["node"], "device": info["device"], "teachers": info["names"]}
                           for info in infos]
-        self.stats = {"put_s": 0.0, "wait_s": 0.0, "compute_s": 0.0}  # seconds, for the benchmark
+        self.stats = {"put_s": 0.0, "wait_s": 0.0, "compute_s": 0.0}  # seconds in training calls, for the benchmark
 
     def configure(self, spec: PoolSpec) -> None:
         self.spec = spec
@@ -151,30 +151,33 @@ class RayTeacherPool:
         x = x.detach().cpu()
         return [d for part in self._call(lambda i, a: a.describe.remote(x)) for d in part]
 
-    def _put(self, value: Any) -> ray.ObjectRef:
+    def _put(self, value: Any, timed: bool = True) -> ray.ObjectRef:
         t0 = time.perf_counter()
         ref = ray.put(value)
-        self.stats["put_s"] += time.perf_counter() - t0
+        if timed:
+            self.stats["put_s"] += time.perf_counter() - t0
         return ref
 
-    def _get(self, ref: ray.ObjectRef) -> Any:
+    def _get(self, ref: ray.ObjectRef, timed: bool = True) -> Any:
         t0 = time.perf_counter()
         try:
             return ray.get(ref)
         finally:
-            self.stats["wait_s"] += time.perf_counter() - t0
+            if timed:
+                self.stats["wait_s"] += time.perf_counter() - t0
 
-    def _call(self, submit: Callable[[int, Any], ray.ObjectRef]) -> list[Any]:
+    def _call(self, submit: Callable[[int, Any], ray.ObjectRef], timed: bool = False) -> list[Any]:
         """One call per actor (`submit(i, actor)` -> ref), all in flight at once; results in actor order.
 
-        A call whose actor died is made again once `_revive` has brought the actor back.
+        A call whose actor died is made again once `_revive` has brought the actor back. `timed`: count the
+        wait in `stats` (the training calls only, not set-up or evaluation).
         """
         refs = [submit(i, a) for i, a in enumerate(self.actors)]
         out = []
         for i, ref in enumerate(refs):
             while True:
                 try:
-                    out.append(self._get(ref))
+                    out.append(self._get(ref, timed))
                     break
                 except ray.exceptions.RayActorError as e:
                     self._revive(i, e)
@@ -234,14 +237,14 @@ class RayTeacherPool:
         y = y.cpu() if y is not None else None
         s = s.detach().cpu()
         parts = self._call(lambda i, a: a.generator_side.remote(x_ref, s[self.ranges[i].start:self.ranges[i].stop],
-                                                                y, spec))
+                                                                y, spec), timed=True)
         self.stats["compute_s"] += max(logs["compute_s"] for _, _, logs in parts)
         grad = torch.stack([g for g, _, _ in parts]).sum(0)
         t = torch.cat([t for _, t, _ in parts])
         return grad, t, {"adv": sum(p[2]["adv"] for p in parts), "prior": sum(p[2]["prior"] for p in parts)}
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        ref = self._put(x.detach().cpu())
+        ref = self._put(x.detach().cpu(), timed=False)  # (evaluation: not in the training time split)
         return torch.cat(self._call(lambda i, a: a.logits.remote(ref)))
 
     def pids(self) -> list[int]:
