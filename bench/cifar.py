@@ -23,7 +23,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import calibrated_iterations, overlap, seconds_per_iteration, summary  # noqa: E402
-from cdkd.config import METHODS, make_config  # noqa: E402
+from cdkd.config import METHODS, Config, make_config  # noqa: E402
 from cdkd.data import load_data  # noqa: E402
 from cdkd.demo import ensure_teachers  # noqa: E402
 from cdkd.metrics import read_metrics  # noqa: E402
@@ -45,10 +45,15 @@ CIFAR_DISTILL = {
 }
 
 
+def run_config(base: dict, overrides: list[str], iterations: int, seed: int, run_dir: str, *extra: str) -> Config:
+    """The bench settings + the user's overrides, for `iterations` from `seed` in `run_dir`."""
+    return make_config(base, [*overrides, f"--train.iterations={iterations}", f"--train.seed={seed}",
+                              f"--run_dir={run_dir}", *extra])
+
+
 def distill(args, base: dict, overrides: list[str], seed: int, run_dir: str) -> dict:
-    def config(iterations: int, sub: str, extra: tuple[str, ...] = ()):
-        return make_config(base, [*overrides, f"--train.iterations={iterations}", f"--train.seed={seed}",
-                                  f"--run_dir={run_dir}/{sub}", *extra])
+    def config(iterations: int, sub: str, extra: tuple[str, ...] = ()) -> Config:
+        return run_config(base, overrides, iterations, seed, f"{run_dir}/{sub}", *extra)
 
     calib = build(config(args.max_iterations, "calibration", ("--probe.samples=0",)), with_data=False)
     per_it = seconds_per_iteration(calib.distiller, WARMUP)
@@ -90,10 +95,9 @@ def main() -> None:
     stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     run_dir = os.path.join("runs", "bench", f"{args.dataset}-{args.method}-{stamp}")
     if args.overlap:
-        line = overlap(lambda sub: make_config(base, [f"--probe.path={run_dir}/probe.pt", *overrides,
-                                                      f"--train.iterations={args.overlap_iterations}",
-                                                      f"--train.seed={args.seeds[0]}", f"--run_dir={run_dir}/{sub}"]),
-                       data, paths)
+        shared = {**base, "probe": {**CIFAR_DISTILL["probe"], "path": f"{run_dir}/probe.pt"}}  # one probe set
+        line = overlap(lambda sub: run_config(shared, overrides, args.overlap_iterations, args.seeds[0],
+                                              f"{run_dir}/{sub}"), data, paths)
         print(json.dumps({"bench": "cifar_overlap", "dataset": args.dataset, "method": args.method, **line}), flush=True)
         return
     results = [distill(args, base, overrides, seed, f"{run_dir}/seed{seed}") for seed in args.seeds]

@@ -73,7 +73,8 @@ def overlap(config: Callable[[str], Any], data: Any, paths: list[str]) -> dict[s
     local = build(config("local_1t"))
     local.data = data
     res_local = train(local)
-    pool = ray_pool(paths, 1.0, 1)
+    cpus = 1.0
+    pool = ray_pool(paths, cpus, 1)
     try:
         split = build(config("ray_split"), pool=pool)
         split.data = data
@@ -90,4 +91,4 @@ def overlap(config: Callable[[str], Any], data: Any, paths: list[str]) -> dict[s
             "student_acc_ray_split": round(res_split["student_acc"], 4),
             "probe_agreement_local_1t": round(res_local["probe_agreement"], 4),
             "probe_agreement_ray_split": round(res_split["probe_agreement"], 4),
-            **teacher_time(pool, res_split, 1.0)}
+            **teacher_time(pool, res_split, cpus)}

@@ -151,14 +151,14 @@ class RayTeacherPool:
         x = x.detach().cpu()
         return [d for part in self._call(lambda i, a: a.describe.remote(x)) for d in part]
 
-    def _put(self, value: Any, timed: bool = True) -> ray.ObjectRef:
+    def _put(self, value: Any, timed: bool = False) -> ray.ObjectRef:
         t0 = time.perf_counter()
         ref = ray.put(value)
         if timed:
             self.stats["put_s"] += time.perf_counter() - t0
         return ref
 
-    def _get(self, ref: ray.ObjectRef, timed: bool = True) -> Any:
+    def _get(self, ref: ray.ObjectRef, timed: bool = False) -> Any:
         t0 = time.perf_counter()
         try:
             return ray.get(ref)
@@ -169,8 +169,8 @@ class RayTeacherPool:
     def _call(self, submit: Callable[[int, Any], ray.ObjectRef], timed: bool = False) -> list[Any]:
         """One call per actor (`submit(i, actor)` -> ref), all in flight at once; results in actor order.
 
-        A call whose actor died is made again once `_revive` has brought the actor back. `timed`: count the
-        wait in `stats` (the training calls only, not set-up or evaluation).
+        A call whose actor died is made again once `_revive` has brought the actor back. `timed` (here and in
+        `_put`/`_get`): count the seconds in `stats`, which the training calls do (not set-up or evaluation).
         """
         refs = [submit(i, a) for i, a in enumerate(self.actors)]
         out = []
@@ -216,14 +216,14 @@ class RayTeacherPool:
 
     def targets(self, xs: list[torch.Tensor]) -> Iterator[Targets]:
         xs = [x.detach().cpu() for x in xs]
-        ref = self._put(xs)
+        ref = self._put(xs, timed=True)
         streams = [a.targets.options(num_returns="streaming").remote(ref) for a in self.actors]
         for j in range(len(xs)):
             parts = []
             for i in range(len(self.actors)):
                 while True:
                     try:
-                        parts.append(self._get(next(streams[i])))
+                        parts.append(self._get(next(streams[i]), timed=True))
                         break
                     except ray.exceptions.RayActorError as e:  # the rest of this actor's batches, again
                         self._revive(i, e)
@@ -233,7 +233,7 @@ class RayTeacherPool:
 
     def generator_side(self, x: torch.Tensor, s: torch.Tensor, y: torch.Tensor | None, spec: PoolSpec | None = None
                        ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
-        x_ref = self._put(x.detach().cpu())
+        x_ref = self._put(x.detach().cpu(), timed=True)
         y = y.cpu() if y is not None else None
         s = s.detach().cpu()
         parts = self._call(lambda i, a: a.generator_side.remote(x_ref, s[self.ranges[i].start:self.ranges[i].stop],
@@ -244,7 +244,7 @@ class RayTeacherPool:
         return grad, t, {"adv": sum(p[2]["adv"] for p in parts), "prior": sum(p[2]["prior"] for p in parts)}
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        ref = self._put(x.detach().cpu(), timed=False)  # (evaluation: not in the training time split)
+        ref = self._put(x.detach().cpu())
         return torch.cat(self._call(lambda i, a: a.logits.remote(ref)))
 
     def pids(self) -> list[int]:

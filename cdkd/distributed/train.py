@@ -51,12 +51,15 @@ class ReportedCheckpoints:
 
     def load(self) -> dict[str, Any] | None:
         ckpt = self.get_checkpoint()
+        newer = newest_complete(self.run_dir)
+        if ckpt is not None and newer is not None and os.path.abspath(ckpt.path) == os.path.abspath(newer[0]):
+            self.location, state = newer  # Ray's checkpoint is the newest complete one: read once, above
+            return state
         state = None
         if ckpt is not None:
             self.location = ckpt.path  # where a resume came from (a PBT exploit: another trial's checkpoint)
             with ckpt.as_directory() as d:
                 state = load_run_checkpoint(os.path.join(d, CKPT_FILE))
-        newer = newest_complete(self.run_dir)
         if newer is not None and (state is None or newer[1]["engine"]["step"] > state["engine"]["step"]):
             self.location, state = newer
         return state
