@@ -42,7 +42,7 @@ SETTINGS = {
 # setting for AMX CPUs and GPUs).
 BEFORE = ["--train.amp=bf16", "--train.amp_scope=generator"]
 LABELS = ("generator.sample", "teachers.targets", "student.step", "generator.forward", "student.forward_g",
-          "teachers.generator_side", "student.input_grad", "generator.backward")
+          "teachers.generator_forward", "student.input_grad", "teachers.generator_backward", "generator.backward")
 
 
 def paper_run(setting: str, batch_size: int, overrides: list[str]):

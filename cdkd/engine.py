@@ -23,7 +23,7 @@ from .global_bn import convert_global_batchnorm
 from .models.students import as_student
 from .objectives import Targets, student_objective, student_side
 from .supervised import eval_mode
-from .teacher_pool import PoolSpec, TeacherGroup, TeacherPool, autocast
+from .teacher_pool import PoolSpec, TeacherGroup, TeacherPool, TeacherStep, autocast
 from .teachers import Teacher
 
 
@@ -186,24 +186,40 @@ class Distiller(nn.Module):
         self.scaler_s.update()
         return logs
 
-    def generator_step(self) -> dict[str, float]:
-        """One generator step, written as the teacher-side / student-side gradient split of spec 7.2."""
+    def generator_batch(self) -> tuple[torch.Tensor, torch.Tensor | None, TeacherStep]:
+        """x = G(z[, y]) for the generator step, keeping its graph to G, and the teachers' forward on x (begun)."""
         with record_function("generator.forward"):
-            x, y = self.sample(self.generator_fwd, self.cfg.train.batch_size)  # keeps the graph to G
+            x, y = self.sample(self.generator_fwd, self.cfg.train.batch_size)
+        with record_function("teachers.generator_forward"):
+            return x, y, self.pool.generator_side(x.detach(), y)
+
+    def generator_step(self, batch: tuple[torch.Tensor, torch.Tensor | None, TeacherStep] | None = None
+                       ) -> dict[str, float]:
+        """One generator step, written as the teacher-side / student-side gradient split of spec 7.2.
+
+        `batch` is a `generator_batch()` drawn before the student steps (G is unchanged since), so a remote
+        pool ran the teachers' forward on it while the student stepped; here the student's forward, then
+        the teachers' backward (in the pool) while the engine takes the student-side input gradient.
+        """
+        x, y, teachers = batch or self.generator_batch()
         with record_function("student.forward_g"), self.amp():  # plain student: only d/dx is wanted here
             s = self.student(x).float()                                   # (H, B, C), student in train mode
         k = self.pool.num_teachers
         s_pair = s.expand(k, *s.shape[1:]) if s.shape[0] == 1 else s
-        # 1. teacher side: one call per teacher (group) returns sum_k g_k and the logits t_k
-        with record_function("teachers.generator_side"):
-            grad_t, t, logs_t = self.pool.generator_side(x.detach(), s_pair.detach(), y)
-        grad_t, t = grad_t.to(x.device), t.to(x.device)
-        adv, prior = logs_t["adv"] / k, logs_t["prior"] / k
+        # 1. teacher side: each teacher's logits t_k, then (begun now) sum_k g_k given the student's logits
+        with record_function("teachers.generator_forward"):
+            t = teachers.logits().to(x.device)
+        with record_function("teachers.generator_backward"):  # (a remote pool only sends s here)
+            teacher_grad = teachers.backward(s_pair.detach())
         # 2. student side: d/dx of -w_adv D(s, t) through the student only (t fixed)
         scale = self.scaler_g.get_scale() if self.scaler_g.is_enabled() else 1.0
         with record_function("student.input_grad"):
             loss_s = student_side(s, t, self.lc)
             grad_s = torch.autograd.grad(loss_s * scale, x)[0] if loss_s.requires_grad else torch.zeros_like(x)
+        with record_function("teachers.generator_backward"):
+            grad_t, logs_t = teacher_grad.result()
+        grad_t = grad_t.to(x.device)
+        adv, prior = logs_t["adv"] / k, logs_t["prior"] / k
         total = loss_s.item() + prior
         self._check_finite(torch.tensor(total), "generator")
         # 3. back-propagate the summed input gradient (times the fp16 loss scale, if any) into G and step it
@@ -224,16 +240,20 @@ class Distiller(nn.Module):
         self.student.train()
         self.generator.train()
         logs: dict[str, float] = {}
-        # G is fixed during the student phase, so all its batches are drawn first and the pool answers them
-        # in one call per teacher group, streaming each batch's targets while earlier steps run.
-        batches = [self.student_batch() for _ in range(self.cfg.train.student_steps)]
-        targets = self.pool.targets([x for x, _ in batches])
-        for x, y in batches:
+        # G is fixed until the generator step, so every input of this iteration is drawn first and goes to the
+        # teachers as soon as it exists: a remote pool computes the student targets and the teachers' forward
+        # of the generator step while the engine draws and steps the student.
+        batches = []
+        for _ in range(self.cfg.train.student_steps):
+            x, y = self.student_batch()
+            batches.append((x, y, self.pool.targets(x)))
+        generator_batch = self.generator_batch()
+        for x, y, pending in batches:
             with record_function("teachers.targets"):
-                tgt = next(targets)
+                tgt = pending.result()
             for key, v in self.student_step(x, y, tgt).items():
                 logs[key] = logs.get(key, 0.0) + v / self.cfg.train.student_steps
-        logs.update(self.generator_step())
+        logs.update(self.generator_step(generator_batch))
         self.sched_s.step()
         self.sched_g.step()
         self.step += 1

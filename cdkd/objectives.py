@@ -1,8 +1,8 @@
 """The student and generator objectives of all methods, assembled from `losses` by the config weights.
 
 The generator objective is split as in spec 7.2: L(x) = sum_k [l_k(s_k(x), t_k(x)) + b_k(x)], so that
-dL/dx = sum_k (teacher-side input gradient g_k) + (student-side input gradient g_S). `teacher_side` needs only
-x, the paired student logits s_k and labels y, so it can run wherever teacher k lives.
+dL/dx = sum_k (teacher-side input gradient g_k) + (student-side input gradient g_S). `teacher_loss` needs only
+teacher k's forward on x, the paired student logits s_k and labels y, so it can run wherever teacher k lives.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 
 from . import losses as L
 from .config import LossConfig
-from .teachers import Teacher, TeacherOutput
+from .teachers import TeacherOutput
 
 
 @dataclass
@@ -76,23 +76,17 @@ def teacher_prior(out: TeacherOutput, y: torch.Tensor | None, lc: LossConfig) ->
     return loss
 
 
-def teacher_side(teacher: Teacher, x: torch.Tensor, s_k: torch.Tensor, y: torch.Tensor | None, lc: LossConfig,
-                 num_teachers: int, amp: torch.autocast | None = None, global_batch: bool = False
-                 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
-    """Teacher k's share of a generator step: g_k = d/dx [-w_adv D(s_k, t_k) + b_k(x)] / K, with s_k held fixed.
+def teacher_loss(out: TeacherOutput, s_k: torch.Tensor, y: torch.Tensor | None, lc: LossConfig,
+                 num_teachers: int) -> tuple[torch.Tensor, dict[str, float]]:
+    """Teacher k's share of the generator loss, [-w_adv D(s_k, t_k) + b_k(x)] / K, with s_k held fixed.
 
-    Returns (g_k like x, t_k detached (B, C), logs). The teacher graph lives only inside this call.
-    With `global_batch` (x is this rank's shard under DDP) the BN prior uses the moments of all ranks' batch.
+    `out` is the teacher's forward on x with its graph (and BN terms when w_bn > 0); d/dx of this loss is the
+    teacher-side input gradient g_k, so it can be taken wherever teacher k lives.
     """
-    x = x.detach().requires_grad_(True)
-    with amp if amp is not None else torch.autocast(x.device.type, enabled=False):
-        out = teacher(x, bn_stats=lc.w_bn > 0, global_batch=global_batch)
     t = out.logits.float()
     adv = discrepancy(s_k.detach()[None], t[None], lc.adv_loss, lc.temperature)
     prior = teacher_prior(out, y, lc)
-    loss = (-lc.w_adv * adv + prior) / num_teachers
-    (grad,) = torch.autograd.grad(loss, x)
-    return grad, t.detach(), {"adv": adv.item(), "prior": prior.item()}
+    return (-lc.w_adv * adv + prior) / num_teachers, {"adv": adv.item(), "prior": prior.item()}
 
 
 def student_side(s: torch.Tensor, t: torch.Tensor, lc: LossConfig) -> torch.Tensor:

@@ -63,8 +63,8 @@ def build_probe(pool: TeacherPool, num_classes: int, input_shape: tuple[int, ...
             y = labels(pc.batch_size)
             with amp():
                 x = gen(torch.randn(pc.batch_size, cfg.model.nz, device=device), y).float().contiguous()
-            zeros = torch.zeros(pool.num_teachers, pc.batch_size, num_classes)
-            grad, _, _ = pool.generator_side(x.detach(), zeros, y, spec)  # the probe's objective, this call only
+            zeros = torch.zeros(pool.num_teachers, pc.batch_size, num_classes)  # (w_adv = 0: no student)
+            grad, _ = pool.generator_side(x.detach(), y, spec).backward(zeros).result()  # the probe's objective
             opt.zero_grad(set_to_none=True)
             x.backward(grad.to(x.device))
             opt.step()

@@ -1,11 +1,12 @@
 """The teachers as the engine sees them: one interface, answered in-process or by Ray actors.
 
-The engine asks the pool three things (spec 7):
-- `targets(xs)`: no-grad targets for all student batches of one iteration, one `Targets` per batch, yielded
-  in order so a remote pool can stream them while the student is still stepping;
-- `generator_side(x, s, y[, spec])`: the one-round-trip generator call of spec 7.2, returning the summed
-  teacher-side input gradient sum_k g_k and the teacher logits t (K, B, C); `spec` overrides the configured
-  objective for this call only (the probe-set build trains its own generator on the same teachers);
+The engine asks the pool three things (spec 7), the first two as answers to collect later (`Pending`), so a
+remote pool computes while the engine goes on:
+- `targets(x)`: the no-grad targets of one student batch;
+- `generator_side(x, y[, spec])`: the teachers' half of a generator step (spec 7.2), a `TeacherStep` in two
+  parts: the forward on x starts at the call (`logits()` collects t, (K, B, C)); `backward(s)`, given the
+  student's paired logits, computes the summed teacher-side input gradient sum_k g_k. `spec` overrides the
+  configured objective for this step only (the probe-set build trains its own generator on the same teachers);
 - `logits(x)`: plain no-grad logits (K, B, C) for evaluation.
 
 `TeacherGroup` answers them for the teachers of one process. It *is* the in-process pool, and each Ray
@@ -16,14 +17,14 @@ from __future__ import annotations
 import hashlib
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Protocol
+from typing import Any, Callable, Generic, Protocol, TypeVar
 
 import torch
 import torch.nn as nn
 
 from .config import LossConfig
 from .losses import attention_map
-from .objectives import Targets, teacher_side
+from .objectives import Targets, teacher_loss
 from .teachers import Teacher, validate_teachers
 
 
@@ -38,6 +39,28 @@ class PoolSpec:
     global_batch: bool = False       # BN prior on the moments of all DDP ranks' batch (in-process pool under DDP)
 
 
+T = TypeVar("T")
+
+
+class Pending(Generic[T]):
+    """An answer that may still be computing (in an actor); `result()` waits for it, once."""
+
+    def __init__(self, wait: Callable[[], T]) -> None:
+        self._wait, self._done, self._value = wait, False, None
+
+    def result(self) -> T:
+        if not self._done:
+            self._value, self._done = self._wait(), True
+        return self._value
+
+
+class TeacherStep(Protocol):
+    """The teachers' half of one generator step: forward on x (begun), then backward given the student logits."""
+
+    def logits(self) -> torch.Tensor: ...
+    def backward(self, s: torch.Tensor) -> Pending[tuple[torch.Tensor, dict[str, float]]]: ...
+
+
 class TeacherPool(Protocol):
     num_teachers: int
     num_classes: int
@@ -48,9 +71,9 @@ class TeacherPool(Protocol):
 
     def configure(self, spec: PoolSpec) -> None: ...
     def describe(self, x: torch.Tensor) -> list[dict[str, Any]]: ...
-    def targets(self, xs: list[torch.Tensor]) -> Iterator[Targets]: ...
-    def generator_side(self, x: torch.Tensor, s: torch.Tensor, y: torch.Tensor | None, spec: PoolSpec | None = None
-                       ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]: ...
+    def targets(self, x: torch.Tensor) -> Pending[Targets]: ...
+    def generator_side(self, x: torch.Tensor, y: torch.Tensor | None, spec: PoolSpec | None = None
+                       ) -> TeacherStep: ...
     def logits(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
@@ -138,32 +161,44 @@ class TeacherGroup(nn.Module):
             maps = [torch.stack([attention_map(o.stages[j].float()) for o in outs]) for j in range(self.spec.at_stages)]
         return Targets(logits, pooled, maps)
 
-    def targets(self, xs: list[torch.Tensor]) -> Iterator[Targets]:
-        """Targets of each batch in `xs`, computed lazily as the caller consumes them."""
-        for x in xs:
-            yield self._targets(x)
+    def targets(self, x: torch.Tensor) -> Pending[Targets]:
+        """The targets of batch x, computed when the caller collects them."""
+        return Pending(lambda: self._targets(x))
 
-    def generator_side(self, x: torch.Tensor, s: torch.Tensor, y: torch.Tensor | None, spec: PoolSpec | None = None
-                       ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
-        """sum_k g_k over this group's teachers, their logits t (K_group, B, C), summed adv/prior for logging.
-
-        `s` holds the student logits paired with these teachers, (K_group, B, C), detached. `spec`: this call's
-        objective, if not the configured one.
-        """
-        spec = spec or self.spec
-        dev = self.device
-        x, s = x.detach().to(dev), s.detach().to(dev)
-        y = y.to(dev) if y is not None else None
-        grad, ts, adv, prior = torch.zeros_like(x), [], 0.0, 0.0
-        for k, teacher in enumerate(self.teachers):
-            g_k, t_k, logs = teacher_side(teacher, x, s[k], y, spec.loss, spec.num_teachers,
-                                          autocast(dev.type, spec.amp), spec.global_batch)
-            grad += g_k
-            ts.append(t_k)
-            adv, prior = adv + logs["adv"], prior + logs["prior"]
-        return grad, torch.stack(ts), {"adv": adv, "prior": prior}
+    def generator_side(self, x: torch.Tensor, y: torch.Tensor | None, spec: PoolSpec | None = None
+                       ) -> "GroupStep":
+        """This group's half of a generator step on x; `spec`: this step's objective, if not the configured one."""
+        return GroupStep(self, x, y, spec or self.spec)
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device)
         return torch.stack([t(x).logits.float() for t in self.teachers])
+
+
+class GroupStep:
+    """A `TeacherStep` of one `TeacherGroup`: the forward runs at construction and keeps its graph to x until
+    `backward(s)` (s: the student logits paired with these teachers, (K_group, B, C)) takes d/dx of
+    sum_k [-w_adv D(s_k, t_k) + b_k(x)] / K. Returns that gradient and the summed adv/prior for logging."""
+
+    def __init__(self, group: TeacherGroup, x: torch.Tensor, y: torch.Tensor | None, spec: PoolSpec) -> None:
+        dev = group.device
+        self.spec, self.y = spec, (y.to(dev) if y is not None else None)
+        self.x = x.detach().to(dev).requires_grad_(True)
+        with autocast(dev.type, spec.amp):
+            self.outs = [t(self.x, bn_stats=spec.loss.w_bn > 0, global_batch=spec.global_batch)
+                         for t in group.teachers]
+        self.t = torch.stack([o.logits.detach().float() for o in self.outs])
+
+    def logits(self) -> torch.Tensor:
+        return self.t
+
+    def backward(self, s: torch.Tensor) -> Pending[tuple[torch.Tensor, dict[str, float]]]:
+        s = s.detach().to(self.x.device)
+        loss, adv, prior = torch.zeros((), device=self.x.device), 0.0, 0.0
+        for k, out in enumerate(self.outs):
+            l_k, logs = teacher_loss(out, s[k], self.y, self.spec.loss, self.spec.num_teachers)
+            loss, adv, prior = loss + l_k, adv + logs["adv"], prior + logs["prior"]
+        grad = torch.autograd.grad(loss, self.x)[0] if loss.requires_grad else torch.zeros_like(self.x)
+        self.outs = None  # the teacher graph is done with
+        return Pending(lambda: (grad, {"adv": adv, "prior": prior}))

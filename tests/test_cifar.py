@@ -34,7 +34,7 @@ def test_feature_loss_runs_whenever_w_feat_is_positive(teacher_paths, student):
                                   loss={"w_feat": 0.2}))
     d = build(cfg, with_data=False).distiller
     batches = [d.student_batch() for _ in range(2)]
-    logs = d.student_step(*batches[0], next(d.pool.targets([batches[0][0]])))
+    logs = d.student_step(*batches[0], d.pool.targets(batches[0][0]).result())
     assert d.use_feat and logs["s_feat"] > 0
     off = build(make_config(tiny_config(teacher_paths, model={"student": student}, loss={"w_feat": 0.0})),
                 with_data=False).distiller

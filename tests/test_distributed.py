@@ -57,7 +57,8 @@ def test_actor_generator_gradient_equals_autograd(ray_cluster, teacher_paths, me
         assert max(g.abs().max().item() for g in split) > 1e-4
         # the no-grad student targets, streamed per batch, equal the in-process ones
         xs = [d.sample(d.generator, 8)[0].detach() for _ in range(3)]
-        for remote, mine in zip(pool.targets(xs), local.pool.targets(xs)):
+        for remote, mine in zip([pool.targets(x) for x in xs], [local.pool.targets(x) for x in xs]):
+            remote, mine = remote.result(), mine.result()
             assert torch.allclose(remote.logits, mine.logits, atol=1e-6)
             assert [m.shape for m in remote.maps or []] == [m.shape for m in mine.maps or []]
         # the bench's time split counts the training calls only: evaluation logits leave it untouched
@@ -104,21 +105,39 @@ def test_multinode_teacher_actors_match_in_process(ray_cluster, teacher_paths, t
             assert a[key] == pytest.approx(b[key], rel=1e-4), (key, a, b)
 
 
-def kill_teacher_actor_in_generator_step(pool: RayTeacherPool, distiller, at_step: int) -> None:
-    """SIGKILL the (first) teacher actor's process as the generator step of iteration `at_step` + 1 calls it."""
+def kill_teacher_actor_in_generator_step(pool: RayTeacherPool, distiller, at_step: int,
+                                         between_halves: bool = False) -> None:
+    """SIGKILL the (first) teacher actor's process in the generator step of iteration `at_step` + 1: as the step
+    begins (student targets in flight), or `between_halves`, after its forward (the actor held its graph)."""
     pid, call, done = pool.pids()[0], pool.generator_side, []
 
-    def generator_side(*args, **kwargs):
+    def kill():
         if distiller.step == at_step and not done:
             os.kill(pid, signal.SIGKILL)
             done.append(pid)
-        return call(*args, **kwargs)
+
+    def generator_side(*args, **kwargs):
+        if not between_halves:
+            kill()
+        step = call(*args, **kwargs)
+        if between_halves:
+            backward = step.backward
+
+            def killing_backward(s):
+                assert step.logits() is not None  # the forward has come back
+                kill()
+                return backward(s)
+            step.backward = killing_backward
+        return step
     pool.generator_side = generator_side
 
 
-def test_dead_teacher_actor_is_restarted_and_the_run_goes_on(ray_cluster, teacher_paths, tmp_path, capsys):
-    """A teacher actor killed mid-iteration: the pool restarts it, reloads it, retries the call; the run ends
-    with the losses of an unbroken run (nothing reinitialised), and says so in one line."""
+@pytest.mark.parametrize("between_halves", [False, True])
+def test_dead_teacher_actor_is_restarted_and_the_run_goes_on(ray_cluster, teacher_paths, tmp_path, capsys,
+                                                            between_halves):
+    """A teacher actor killed mid-iteration: the pool restarts it, reloads it, retries the calls in flight
+    (or the whole generator step it held); the run ends with the losses of an unbroken run (nothing
+    reinitialised), and says so in one line."""
     sections = dict(train={"iterations": 5, "log_every": 1, "ckpt_every": 5})
     train(build(make_config(tiny_config(teacher_paths, str(tmp_path / "local"), **sections)), with_data=False))
     pool = ray_pool(teacher_paths, actors=1)
@@ -126,7 +145,7 @@ def test_dead_teacher_actor_is_restarted_and_the_run_goes_on(ray_cluster, teache
         old_pid = pool.pids()[0]
         run = build(make_config(tiny_config(teacher_paths, str(tmp_path / "ray"), **sections)), with_data=False,
                     pool=pool)
-        kill_teacher_actor_in_generator_step(pool, run.distiller, at_step=2)
+        kill_teacher_actor_in_generator_step(pool, run.distiller, at_step=2, between_halves=between_halves)
         result = train(run)
         assert pool.pids()[0] != old_pid and pool.restarts == 1
     finally:

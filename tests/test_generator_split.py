@@ -2,8 +2,9 @@
 import pytest
 import torch
 
-from cdkd import losses as L
+from cdkd import engine, losses as L
 from cdkd.config import make_config
+from cdkd.objectives import student_side
 from cdkd.trainer import build
 from tests.conftest import tiny_config
 
@@ -41,3 +42,32 @@ def test_split_equals_autograd(teacher_paths, method, student):
     diff = max((a - b).abs().max().item() for a, b in zip(ref, split))
     assert diff <= 1e-5, diff
     assert max(g.abs().max().item() for g in split) > 1e-4  # the comparison is not between zeros
+
+
+def test_iteration_sends_teacher_work_before_it_collects_answers(teacher_paths, monkeypatch):
+    """What lets a remote pool overlap the engine: every student batch and the generator step's input reach the
+    pool before the first answer is collected, and the teachers' backward is sent before the student side."""
+    cfg = make_config(tiny_config(teacher_paths, train={"student_steps": 3}))
+    d = build(cfg, with_data=False).distiller
+    pool, events = d.pool, []
+    targets, generator_side, student_step = pool.targets, pool.generator_side, d.student_step
+
+    def logged(name, pending):
+        wait = pending.result
+        pending.result = lambda: events.append(f"collect {name}") or wait()
+        return pending
+
+    def generator_side_logged(x, y, spec=None):
+        events.append("send generator forward")
+        step = generator_side(x, y, spec)
+        backward = step.backward
+        step.backward = lambda s: events.append("send backward") or logged("backward", backward(s))
+        return step
+
+    pool.targets = lambda x: events.append("send targets") or logged("targets", targets(x))
+    pool.generator_side = generator_side_logged
+    d.student_step = lambda *a: events.append("student step") or student_step(*a)
+    monkeypatch.setattr(engine, "student_side", lambda *a: events.append("student side") or student_side(*a))
+    d.train_iteration()
+    assert events == (["send targets"] * 3 + ["send generator forward"] + ["collect targets", "student step"] * 3
+                      + ["send backward", "student side", "collect backward"])
