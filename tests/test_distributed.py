@@ -160,6 +160,30 @@ def test_dead_teacher_actor_is_restarted_and_the_run_goes_on(ray_cluster, teache
             assert a[key] == pytest.approx(b[key], rel=1e-4), (key, a, b)
 
 
+def test_call_on_a_restarted_unloaded_actor_reloads_it(ray_cluster, teacher_paths):
+    """Ray restarts a killed actor on its own; a call that reaches the new process before the pool has reloaded
+    it is answered after one reload (not a NotLoaded traceback), with the same targets as before."""
+    pool = ray_pool(teacher_paths, actors=1)
+    try:
+        x = torch.randn(4, *pool.input_shape)
+        before = pool.targets(x).result().logits
+        old_pid = pool.pids()[0]
+        os.kill(old_pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while True:  # wait until Ray has the new process up (its pid differs), without the pool's help
+            try:
+                new_pid = ray.get(pool.actors[0].pid.remote(), timeout=10)
+                if new_pid != old_pid:
+                    break
+            except ray.exceptions.RayActorError:
+                pass
+            assert time.monotonic() < deadline, "Ray did not restart the actor within 60 s"
+        after = pool.targets(x).result().logits
+        assert pool.restarts == 1 and torch.equal(before, after)
+    finally:
+        pool.shutdown()
+
+
 def test_teacher_actor_that_cannot_come_back_stops_the_run_resumably(ray_cluster, teacher_paths, tmp_path):
     """No restarts left: a clear TeacherError after the last checkpoint, and a resume with new actors finishes."""
     cfg = make_config(tiny_config(teacher_paths, str(tmp_path / "run"), train={"iterations": 4, "ckpt_every": 2}))
