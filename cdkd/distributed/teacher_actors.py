@@ -200,9 +200,9 @@ class RayTeacherPool:
         `_put`/`_get`): count the seconds in `stats`, which the training calls do (not set-up or evaluation)."""
         return [RemoteCall(self, i, lambda a, i=i: submit(i, a), timed) for i in range(len(self.actors))]
 
-    def _call(self, submit: Callable[[int, Any], ray.ObjectRef], timed: bool = False) -> list[Any]:
-        """`_calls`, waited for; results in actor order."""
-        return [c.result() for c in self._calls(submit, timed)]
+    def _call(self, submit: Callable[[int, Any], ray.ObjectRef]) -> list[Any]:
+        """`_calls`, waited for, untimed (set-up and evaluation); results in actor order."""
+        return [c.result() for c in self._calls(submit)]
 
     def _revive(self, i: int, error: BaseException) -> None:
         """Bring actor i back after it died (Ray restarts its process): reload its teachers, give it the
