@@ -59,19 +59,27 @@ def load_run_checkpoint(path: str) -> dict[str, Any]:
 class AggregatedStudent(nn.Module):
     """Student + header aggregation in one module: x (B, ...) -> logits (B, C). This is what gets exported."""
 
-    def __init__(self, student: nn.Module, aggregator: nn.Module | None = None) -> None:
+    def __init__(self, student: nn.Module, aggregator: nn.Module | None = None,
+                 pixels_in: dict[str, list[float]] | None = None) -> None:
         super().__init__()
         self.student = student
         self.aggregator = aggregator
+        self.pixels_in = pixels_in is not None  # raw [0, 1] pixels in, normalised here (mixed-normalisation teachers)
+        if pixels_in is not None:
+            self.register_buffer("mean", torch.tensor(pixels_in["mean"]).view(1, -1, 1, 1))
+            self.register_buffer("std", torch.tensor(pixels_in["std"]).view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pixels_in:
+            x = (x - self.mean) / self.std
         s = self.student(x)  # (K, B, C)
         return s.mean(0) if self.aggregator is None else self.aggregator(s)
 
 
-def export_student(student: nn.Module, aggregator: nn.Module | None, input_shape: tuple[int, ...], path: str) -> None:
+def export_student(student: nn.Module, aggregator: nn.Module | None, input_shape: tuple[int, ...], path: str,
+                   pixels_in: dict[str, list[float]] | None = None) -> None:
     """torch.export the eval-mode student with its aggregation; loads with `torch.export.load` alone."""
-    model = AggregatedStudent(student, aggregator).eval()
+    model = AggregatedStudent(student, aggregator, pixels_in).eval()
     example = (torch.randn(2, *input_shape),)
     batch = torch.export.Dim("batch", min=1, max=65536)
     with torch.no_grad():

@@ -23,26 +23,32 @@ METHODS = ("cdfkd_mfs", "ddad", "mad", "cgdd")
 
 @dataclass
 class DataConfig:
-    name: str = "mnist"               # mnist | cifar10 | cifar100 | imagefolder: real data, for evaluation only
+    name: str = "none"                # none (truly data-free) | mnist | cifar10 | cifar100 | imagefolder: real
+                                      # data, for evaluation only
     root: str = ""                    # '' = $CDKD_DATA_DIR, else ./data, else ../shared/datasets
     download: bool = True             # fetch MNIST/CIFAR-10 with torchvision when missing and online
 
 
 @dataclass
 class TeacherSpec:
-    path: str = ""
-    kind: str = "cdkd"                # cdkd | timm | torchscript
-    name: str = ""
-    arch: str = ""                    # timm model name (kind=timm)
-    kwargs: dict = field(default_factory=dict)
-    input_shape: list = field(default_factory=list)  # e.g. [3, 32, 32]; needed where the file does not say
+    path: str = ""                    # the teacher's file: a checkpoint, a .pt2 program or a TorchScript file
+    kind: str = "cdkd"                # cdkd | timm | torchvision | python | export | torchscript
+    name: str = ""                    # shown in messages and tables ('' = the file name)
+    arch: str = ""                    # timm or torchvision model name (kind=timm | torchvision)
+    factory: str = ""                 # "package.module:callable" that builds the model (kind=python)
+    kwargs: dict = field(default_factory=dict)       # keyword arguments of the model constructor
+    input_shape: list = field(default_factory=list)  # e.g. [3, 64, 64]; overrides what the file says
+    mean: list = field(default_factory=list)         # the teacher's input normalisation (pixels in [0, 1]);
+    std: list = field(default_factory=list)          # [] = what the file/library says, else none known
+    run_pickled_code: bool = False    # accept a whole pickled model: unpickling RUNS CODE from the file
 
 
 @dataclass
 class ModelConfig:
     student: str = "mfs_lenet5_half"
     student_kwargs: dict = field(default_factory=dict)
-    generator: str = "generator32"    # cond_generator32 for conditional methods
+    generator: str = "auto"           # auto: generator32 (DAFL) up to 64 px, generator_large above; cond_* when
+                                      # the method sets preset labels (loss.w_ce / w_ce_gen > 0)
     nz: int = 256
     ngf: int = 64
 
@@ -148,6 +154,7 @@ class DistributedConfig:
 class Config:
     method: str = "cdfkd_mfs"
     run_dir: str = ""                 # '' = runs/<method>-<timestamp>
+    input_shape: list = field(default_factory=list)  # [C, H, W] of the teachers' input; [] = from the teachers
     data: DataConfig = field(default_factory=DataConfig)
     teachers: list = field(default_factory=list)     # list[TeacherSpec]
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -189,8 +196,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # 1000 labeled samples of the *training* split (probe.val_samples=1000; the test split was not looked at):
     # KL/250 0.963, KL/25 0.965, L1/250 0.971 (chosen), L1/25 0.968. probe_agreement ranks L1/25 (0.791) over
     # L1/250 (0.739), both over KL (0.680, 0.724): both criteria prefer L1; val_acc breaks the tie at 250.
-    "cgdd": {"model": {"generator": "cond_generator32"},
-             "loss": {"student_loss": "l1", "w_ens": 0.0, "w_feat": 0.0, "w_ce": 1.0, "w_at": 250.0,
+    "cgdd": {"loss": {"student_loss": "l1", "w_ens": 0.0, "w_feat": 0.0, "w_ce": 1.0, "w_at": 250.0,
                       "w_ce_gen": 1.0}},
 }
 
@@ -199,7 +205,7 @@ CHOICES = {
     ("optim", "student"): ("sgd", "adam"), ("optim", "schedule"): ("cosine", "multistep", "none"),
     ("train", "amp"): ("bf16", "fp16", "none"), ("train", "amp_scope"): ("generator", "all", "auto"),
     ("train", "device"): ("auto", "cpu", "cuda"),
-    ("data", "name"): ("mnist", "cifar10", "cifar100", "imagefolder"),
+    ("data", "name"): ("none", "mnist", "cifar10", "cifar100", "imagefolder"),
     ("distributed", "teacher_pool"): ("local", "ray"),
     ("distributed", "placement"): ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
     ("distributed", "log_level"): ("DEBUG", "INFO", "WARNING", "ERROR"),
@@ -356,10 +362,25 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config train.ema_momentum must be in [0, 1), got {cfg.train.ema_momentum}")
     if not 0.0 < cfg.aggregation.val_fraction < 1.0:
         raise ConfigError("config aggregation.val_fraction must be in (0, 1)")
+    if cfg.input_shape and (len(cfg.input_shape) != 3 or not all(isinstance(v, int) and v > 0
+                                                               for v in cfg.input_shape)):
+        raise ConfigError(f"config input_shape={cfg.input_shape}: expected [C, H, W], three positive integers")
+    if cfg.aggregation.num_samples and cfg.data.name == "none":
+        raise ConfigError("config aggregation.num_samples needs labeled samples: set data.name (it is 'none')")
+    from .teachers import KINDS  # (the teacher kinds import torch models: not at config import)
     for i, t in enumerate(cfg.teachers):
-        if t.kind not in ("cdkd", "timm", "torchscript"):
-            raise ConfigError(f"config teachers[{i}].kind={t.kind!r}: choose cdkd, timm or torchscript")
+        if t.kind not in KINDS:
+            raise ConfigError(f"config teachers[{i}].kind={t.kind!r}: choose {', '.join(KINDS.names())}")
         if not t.path:
             raise ConfigError(f"config teachers[{i}].path is empty")
-        if t.kind == "timm" and not t.arch:
-            raise ConfigError(f"config teachers[{i}]: kind timm needs arch (a timm model name)")
+        if t.kind in ("timm", "torchvision") and not t.arch:
+            raise ConfigError(f"config teachers[{i}]: kind {t.kind} needs arch (a {t.kind} model name)")
+        if t.kind == "python" and not t.factory:
+            raise ConfigError(f"config teachers[{i}]: kind python needs factory ('package.module:callable')")
+        if t.input_shape and (len(t.input_shape) != 3 or not all(isinstance(v, int) and v > 0
+                                                                 for v in t.input_shape)):
+            raise ConfigError(f"config teachers[{i}].input_shape={t.input_shape}: expected [C, H, W]")
+        if len(t.mean) != len(t.std) or not all(isinstance(v, (int, float)) for v in t.mean + t.std) \
+                or any(v <= 0 for v in t.std):
+            raise ConfigError(f"config teachers[{i}]: mean and std must be lists of numbers of one length "
+                              "(std > 0)")

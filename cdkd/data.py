@@ -32,6 +32,39 @@ class ImageData:
     test: Dataset
     num_classes: int
     input_shape: tuple[int, int, int]
+    norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # (mean, std) the images are normalised by
+
+
+class Remapped(Dataset):
+    """A dataset whose images are mapped per channel, x * scale + shift (from one normalisation to another)."""
+
+    def __init__(self, ds: Dataset, scale: torch.Tensor, shift: torch.Tensor) -> None:
+        self.ds, self.scale, self.shift = ds, scale, shift
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int):
+        x, y = self.ds[i]
+        return x * self.scale + self.shift, y
+
+
+def in_space(data: ImageData, space) -> ImageData:
+    """`data` as the generator's input space `space` (mean/std; None: unchanged) sees it, for evaluation: the
+    student and the teachers' input maps work in that space, whatever normalisation the data set has."""
+    if space is None or data.norm is None or (tuple(space.mean), tuple(space.std)) == tuple(map(tuple, data.norm)):
+        return data
+    md, sd = (torch.tensor(v).view(-1, 1, 1) for v in data.norm)
+    m0, s0 = (torch.tensor(v).view(-1, 1, 1) for v in (space.mean, space.std))
+    scale, shift = sd / s0, (md - m0) / s0
+
+    def remap(ds: Dataset) -> Dataset:
+        if isinstance(ds, TensorDataset):
+            x, y = ds.tensors
+            return TensorDataset(x * scale + shift, y)
+        return Remapped(ds, scale, shift)
+    return ImageData(remap(data.train), remap(data.test), data.num_classes, data.input_shape,
+                     (tuple(space.mean), tuple(space.std)))
 
 
 def resolve_root(root: str = "") -> str:
@@ -107,7 +140,7 @@ def load_mnist(root: str, download: bool = True) -> ImageData:
         y = torch.from_numpy(_read_idx(_idx(d, lab), 2049).astype(np.int64))
         x = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
         out.append(TensorDataset(normalize(x, "mnist"), y))
-    return ImageData(out[0], out[1], 10, (1, 32, 32))
+    return ImageData(out[0], out[1], 10, (1, 32, 32), STATS["mnist"])
 
 
 @dataclass(frozen=True)
@@ -179,7 +212,7 @@ def load_cifar(name: str, root: str, download: bool = True) -> ImageData:
                         f"(expected {layout.bin_dir}/ or {layout.py_dir}/); {_set_data_dir_hint()}")
     train = TensorDataset(*_cifar_records([os.path.join(d, n) for n in names[:-1]], layout))
     test = TensorDataset(*_cifar_records([os.path.join(d, names[-1])], layout))
-    return ImageData(train, test, layout.num_classes, (3, 32, 32))
+    return ImageData(train, test, layout.num_classes, (3, 32, 32), STATS[name])
 
 
 def load_imagefolder(root: str, image_size: int = 32) -> ImageData:
@@ -194,7 +227,7 @@ def load_imagefolder(root: str, image_size: int = 32) -> ImageData:
     test = datasets.ImageFolder(test_dir, tf)
     if train.classes != test.classes:
         raise DataError(f"{root}: train and test folders have different classes")
-    return ImageData(train, test, len(train.classes), (3, image_size, image_size))
+    return ImageData(train, test, len(train.classes), (3, image_size, image_size), STATS["cifar10"])
 
 
 def _download(root: str, name: str) -> str | None:

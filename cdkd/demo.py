@@ -10,7 +10,7 @@ import torch
 from .data import ImageData, load_data
 from .models import create_model
 from .supervised import train_classifier
-from .teachers import _load_cdkd, save_classifier
+from .teachers import load_cdkd, save_classifier
 
 TEACHER_EPOCHS = 4
 
@@ -58,7 +58,7 @@ def ensure_teachers(data: ImageData, dataset: str, arch: str, seeds: list[int], 
     for seed in seeds:
         path = os.path.join(out_dir, f"{dataset}-{arch}-seed{seed}.pt")
         if os.path.exists(path) and not force:
-            _, _, meta = _load_cdkd(path)
+            _, _, meta, _ = load_cdkd(path)
             if meta.get("epochs") == recipe["epochs"] and meta.get("recipe", recipe) == recipe:
                 print(f"[cdkd] reusing teacher {path} (test acc {meta['test_acc']:.4f})")
                 paths.append(path)

@@ -58,20 +58,18 @@ class LossPairing:
 def pair_losses(pool: TeacherPool, student: nn.Module, input_shape: tuple[int, ...], lc: LossConfig) -> LossPairing:
     """Pair the losses with what teachers and student output (feature widths, stage-map sizes).
 
-    When `w_feat > 0` and the widths differ, the student gets its training-only feature projection here, so
-    the optimiser built afterwards covers it.
+    When `w_feat > 0` and a teacher's width differs from the student's, each header gets a training-only
+    projection to its own teacher's width here (so the optimiser built afterwards covers it); teachers
+    without a pooled feature (logits-only kinds) drop out of the feature loss.
     """
     x = torch.zeros(2, *input_shape, device=next(student.parameters()).device)
     outs = pool.describe(x)
     with eval_mode(student):
         stages_s, feats_s = student.forward_features(x)
-    dims = {o["pooled_dim"] for o in outs}
-    use_feat = lc.w_feat > 0
-    if use_feat and (len(dims) != 1 or None in dims):
-        raise ConfigError(f"loss.w_feat={lc.w_feat} needs pooled features of one width from every "
-                          f"teacher, got {', '.join(sorted(map(str, dims)))}; set loss.w_feat=0")
-    if use_feat and dims != {feats_s.shape[-1]}:
-        student.project_features_to(dims.pop())
+    dims = [o["pooled_dim"] for o in outs]
+    use_feat = lc.w_feat > 0 and any(d is not None for d in dims)
+    if use_feat and set(dims) != {feats_s.shape[-1]}:
+        student.project_features_to(dims)
     at_stages = 0
     if lc.w_at > 0:
         for j, a_s in enumerate(stages_s):
@@ -178,7 +176,8 @@ class Distiller(nn.Module):
         tgt = tgt.to(x.device)
         with self.amp():
             stages, feats, s = self.student_fwd(x, features=True)
-        loss, logs = student_objective(s.float(), feats.float(), stages[:self.at_stages], tgt, y, self.lc)
+        feats = [f.float() for f in feats] if isinstance(feats, list) else feats.float()
+        loss, logs = student_objective(s.float(), feats, stages[:self.at_stages], tgt, y, self.lc)
         self._check_finite(loss, "student")
         self.opt_s.zero_grad(set_to_none=True)
         self.scaler_s.scale(loss).backward()

@@ -21,9 +21,17 @@ def ensemble_l1(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return F.l1_loss(s.mean(0), t.mean(0))
 
 
-def feature_l1(fs: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
-    """(1/K) sum_k (1/B) sum_b ||f^S_kb - f^T_kb||_1: summed over D, averaged over K and B (spec 2.3)."""
-    return (fs - ft).abs().sum(-1).mean()
+def feature_l1(fs: torch.Tensor | list[torch.Tensor], ft: torch.Tensor | list[torch.Tensor | None]) -> torch.Tensor:
+    """(1/K) sum_k (D_mean / D_k) (1/B) sum_b ||f^S_kb - f^T_kb||_1 over the teachers k that give a feature.
+
+    Spec 2.3's L1 is summed over D and averaged over K and B; that is this with equal widths. With a mixed
+    ensemble (teacher k of width D_k, the student's header k projected to it) each teacher's term is rescaled
+    to the mean width, so a 512-d teacher does not outweigh a 64-d one. fs, ft: (K, B, D) or lists of (B, D_k).
+    """
+    pairs = [(s, t) for s, t in zip(fs, ft) if t is not None]
+    mean_d = sum(t.shape[-1] for _, t in pairs) / len(pairs)
+    return sum(((s - t).abs().sum(-1).mean() * (mean_d / t.shape[-1]) for s, t in pairs),
+               torch.zeros((), device=pairs[0][1].device)) / len(pairs)
 
 
 def kl_div(t: torch.Tensor, s: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

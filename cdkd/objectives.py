@@ -19,11 +19,12 @@ from .teachers import TeacherOutput
 class Targets:
     """No-grad teacher answers for a student step, stacked over the K teachers."""
     logits: torch.Tensor                       # (K, B, C)
-    pooled: torch.Tensor | None = None         # (K, B, D)
+    pooled: list[torch.Tensor | None] | None = None  # per teacher (B, D_k); None for a teacher without one
     maps: list[torch.Tensor] | None = None     # per stage j: (K, B, H_j*W_j) attention maps
 
     def to(self, device: torch.device | str) -> "Targets":
-        return Targets(self.logits.to(device), self.pooled.to(device) if self.pooled is not None else None,
+        pooled = [f.to(device) if f is not None else None for f in self.pooled] if self.pooled is not None else None
+        return Targets(self.logits.to(device), pooled,
                        [m.to(device) for m in self.maps] if self.maps else None)
 
 
@@ -37,15 +38,15 @@ def pair_heads(s: torch.Tensor, k: int) -> torch.Tensor:
     return s.expand(k, *s.shape[1:]) if s.shape[0] == 1 else s
 
 
-def student_objective(s: torch.Tensor, feats: torch.Tensor, stages: list[torch.Tensor], tgt: Targets,
+def student_objective(s: torch.Tensor, feats: torch.Tensor | list[torch.Tensor], stages: list[torch.Tensor], tgt: Targets,
                       y: torch.Tensor | None, lc: LossConfig) -> tuple[torch.Tensor, dict[str, float]]:
     """L_S = w_header D(s_k, t_k) + w_ens L1(mean s, mean t) + w_feat feature L1 + w_ce CE(s, y) + w_at AT."""
     k = tgt.logits.shape[0]
     terms = {"header": (lc.w_header, lambda: discrepancy(pair_heads(s, k), tgt.logits, lc.student_loss,
                                                          lc.temperature)),
              "ens": (lc.w_ens, lambda: L.ensemble_l1(s, tgt.logits)),
-             "feat": (lc.w_feat if tgt.pooled is not None else 0.0,
-                      lambda: L.feature_l1(pair_heads(feats, k), tgt.pooled)),
+             "feat": (lc.w_feat if tgt.pooled is not None and any(f is not None for f in tgt.pooled) else 0.0,
+                      lambda: L.feature_l1(feats if isinstance(feats, list) else pair_heads(feats, k), tgt.pooled)),
              "ce": (lc.w_ce if y is not None else 0.0, lambda: L.cross_entropy(s, y)),
              "at": (lc.w_at if tgt.maps else 0.0,
                     lambda: L.attention_transfer([L.attention_map(a.float()) for a in stages], tgt.maps))}

@@ -22,6 +22,7 @@ from .checkpoint import atomic_save
 from .config import Config, LossConfig, ProbeConfig
 from .errors import CdkdError
 from .models import create_model
+from .models.generators import pick_generator
 from .supervised import eval_mode
 from .teacher_pool import PoolSpec, TeacherPool, autocast
 
@@ -47,12 +48,13 @@ def build_probe(pool: TeacherPool, num_classes: int, input_shape: tuple[int, ...
     per_snapshot = [pc.samples // len(steps) + (j < pc.samples % len(steps)) for j in range(len(steps))]
     spec = PoolSpec(LossConfig(w_adv=0.0, w_bn=pc.w_bn, bn_first=cfg.loss.bn_first, w_ce_gen=1.0),
                     num_teachers=pool.num_teachers)
-    name = "generator_large" if cfg.model.generator == "generator_large" else "cond_generator32"
+    base = pick_generator(cfg.model.generator, input_shape, conditional=False)
+    name = "cond_generator_large" if "large" in base else "cond_generator32"  # the run's size class, conditional
     xs, ys = [], []
     device = torch.device(device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], device_type=device.type):
         torch.manual_seed(pc.seed)
-        gen = create_model(name, nz=cfg.model.nz, ngf=cfg.model.ngf, img_size=input_shape[-1], nc=input_shape[0],
+        gen = create_model(name, nz=cfg.model.nz, ngf=cfg.model.ngf, img_size=tuple(input_shape[-2:]), nc=input_shape[0],
                            num_classes=num_classes).to(device)
         if cfg.train.channels_last:  # the run's generator settings: bf16 + channels_last is ~5x faster on CPU
             gen = gen.to(memory_format=torch.channels_last)

@@ -25,7 +25,7 @@ import torch.nn as nn
 from .config import LossConfig
 from .losses import attention_map
 from .objectives import Targets, teacher_loss
-from .teachers import Teacher, validate_teachers
+from .teachers import InputNorm, Teacher, validate_teachers
 
 
 @dataclass
@@ -68,6 +68,8 @@ class TeacherPool(Protocol):
     names: list[str]
     params: int
     fingerprint: str
+    input_space: InputNorm | None     # the generator's input normalisation (None: the teachers' own, unknown)
+    norms: list[InputNorm | None]     # each teacher's own normalisation, where known
 
     def configure(self, spec: PoolSpec) -> None: ...
     def describe(self, x: torch.Tensor) -> list[dict[str, Any]]: ...
@@ -106,7 +108,7 @@ def merge_targets(parts: list[Targets]) -> Targets:
     """Concatenate the targets of disjoint teacher groups along the teacher axis (in group order)."""
     if len(parts) == 1:
         return parts[0]
-    pooled = torch.cat([p.pooled for p in parts]) if parts[0].pooled is not None else None
+    pooled = [f for p in parts for f in p.pooled] if parts[0].pooled is not None else None
     maps = [torch.cat([p.maps[j] for p in parts]) for j in range(len(parts[0].maps))] if parts[0].maps else None
     return Targets(torch.cat([p.logits for p in parts]), pooled, maps)
 
@@ -123,12 +125,17 @@ class TeacherGroup(nn.Module):
         self.params = sum(p.numel() for t in teachers for p in t.model.parameters())
         self.fingerprint = fingerprint(self.names, [t.state_hash for t in teachers])
         self.num_classes, self.input_shape = 0, tuple(teachers[0].input_shape or ()) if teachers else ()
+        self.input_space: InputNorm | None = None
+        self.norms = [t.norm for t in teachers]
 
     @classmethod
-    def validated(cls, teachers: list[Teacher], input_shape: tuple[int, ...] | None = None) -> "TeacherGroup":
-        """A group whose teachers agree on input shape and classes (else TeacherError naming the odd one)."""
+    def validated(cls, teachers: list[Teacher], input_shape: tuple[int, ...] | None = None,
+                  space: InputNorm | None = None) -> "TeacherGroup":
+        """A group whose teachers agree on input shape and classes (else TeacherError naming the odd one),
+        each mapping inputs from the generator's space `space` (None: chosen from these teachers)."""
         group = cls(teachers)
-        group.num_classes, group.input_shape = validate_teachers(teachers, input_shape)
+        group.num_classes, group.input_shape = validate_teachers(teachers, input_shape, space)
+        group.input_space = space or next((t.norm for t in teachers if t.norm is not None), None)
         return group
 
     def configure(self, spec: PoolSpec) -> None:
@@ -155,7 +162,7 @@ class TeacherGroup(nn.Module):
         with self._amp():
             outs = [t(x) for t in self.teachers]
         logits = torch.stack([o.logits.float() for o in outs])
-        pooled = torch.stack([o.pooled.float() for o in outs]) if self.spec.use_feat else None
+        pooled = [o.pooled.float() if o.pooled is not None else None for o in outs] if self.spec.use_feat else None
         maps = None
         if self.spec.at_stages:
             maps = [torch.stack([attention_map(o.stages[j].float()) for o in outs]) for j in range(self.spec.at_stages)]

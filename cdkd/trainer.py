@@ -22,12 +22,13 @@ from torchvision.utils import save_image
 from .aggregation import fit_aggregator
 from .checkpoint import atomic_save, export_student, load_run_checkpoint, rng_state, set_rng_state
 from .config import Config
-from .data import ImageData, load_data
+from .data import ImageData, in_space, load_data
 from .engine import Distiller, make_optimizers, pair_losses
 from .errors import CdkdError, ConfigError, NonFiniteLossError, first_line
 from .global_bn import local_batch_stats
 from .metrics import MetricsWriter
 from .models import create_model
+from .models.generators import pick_generator
 from .models.students import as_student
 from .probe import ensure_probe, probe_metrics
 from .progress import Progress
@@ -78,22 +79,27 @@ def build(cfg: Config, with_data: bool = True, pool: TeacherPool | None = None,
     cfg = resolve_auto(cfg, device)
     if not cfg.teachers:
         raise ConfigError("no teachers configured (teachers: [{path: ...}, ...])")
-    data = load_data(cfg.data.name, cfg.data.root, cfg.data.download) if with_data else None
+    data = load_data(cfg.data.name, cfg.data.root, cfg.data.download) if with_data and cfg.data.name != "none" \
+        else None
+    requested = tuple(cfg.input_shape) or (tuple(data.input_shape) if data else None)
     if pool is None:
-        pool = TeacherGroup.validated([load_teacher(spec) for spec in cfg.teachers],
-                                      data.input_shape if data else None)
+        pool = TeacherGroup.validated([load_teacher(spec) for spec in cfg.teachers], requested)
     num_classes, shape = pool.num_classes, pool.input_shape
     if data is not None and tuple(data.input_shape) != tuple(shape):
         raise CdkdError(f"teachers expect input {tuple(shape)} but data set {cfg.data.name!r} has "
                         f"{tuple(data.input_shape)}")
     if data is not None and data.num_classes != num_classes:
         raise CdkdError(f"teachers predict {num_classes} classes but data set {cfg.data.name!r} has {data.num_classes}")
+    if data is not None:
+        data = in_space(data, pool.input_space)
     torch.manual_seed(cfg.train.seed)  # after loading teachers: their construction must not shift the student's init
     student = create_model(cfg.model.student, **student_kwargs(cfg, pool, num_classes, shape))
-    gen_kwargs = dict(nz=cfg.model.nz, ngf=cfg.model.ngf, img_size=shape[-1], nc=shape[0])
-    if cfg.model.generator.startswith("cond"):
+    conditional = cfg.loss.w_ce > 0 or cfg.loss.w_ce_gen > 0
+    gen_name = pick_generator(cfg.model.generator, shape, conditional)
+    gen_kwargs = dict(nz=cfg.model.nz, ngf=cfg.model.ngf, img_size=tuple(shape[-2:]), nc=shape[0])
+    if gen_name.startswith("cond"):
         gen_kwargs["num_classes"] = num_classes
-    generator = create_model(cfg.model.generator, **gen_kwargs)
+    generator = create_model(gen_name, **gen_kwargs)
     if cfg.train.channels_last:
         generator = generator.to(memory_format=torch.channels_last)
         if cfg.train.amp_scope == "all":
@@ -103,8 +109,20 @@ def build(cfg: Config, with_data: bool = True, pool: TeacherPool | None = None,
     distiller = Distiller(cfg, pool, student, generator, num_classes, make_optimizers(cfg, student, generator),
                           pairing).to(device)
     info = {"num_classes": num_classes, "student_params": distiller.student.deployed_params(),
-            "teacher_params": pool.params, "teachers": pool.names}
+            "teacher_params": pool.params, "teachers": pool.names, "input_shape": list(shape),
+            "generator": gen_name, "student_input": student_input(pool)}
     return Run(cfg, distiller, data, shape, device, info)
+
+
+def student_input(pool: TeacherPool) -> dict[str, Any]:
+    """What the exported student takes: the teachers' normalised input where they share one normalisation,
+    raw [0, 1] pixels (normalised inside the export) where they differ."""
+    space, declared = pool.input_space, {n for n in pool.norms if n is not None}
+    if space is None:
+        return {"input": "as the teachers (normalisation unknown)"}
+    if len(declared) == 1:
+        return {"input": "normalized", **space.to_dict()}
+    return {"input": "raw [0, 1] pixels", "normalized_inside": space.to_dict()}
 
 
 def student_kwargs(cfg: Config, pool: TeacherPool, num_classes: int, shape: tuple[int, ...]) -> dict[str, Any]:
@@ -356,7 +374,8 @@ def finish(run: Run, wall: float, stopped: str | None) -> dict[str, Any]:
         result["stopped"] = stopped
     export_path = os.path.join(cfg.run_dir, "student.pt2")
     with eval_mode(d.student):
-        export_student(d.student.cpu(), aggregator.cpu() if aggregator else None, run.input_shape, export_path)
+        export_student(d.student.cpu(), aggregator.cpu() if aggregator else None, run.input_shape, export_path,
+                       run.info["student_input"].get("normalized_inside"))
     d.student.to(run.device)
     result["exported_student"] = export_path
     with open(os.path.join(cfg.run_dir, "result.json"), "w") as f:
@@ -365,6 +384,11 @@ def finish(run: Run, wall: float, stopped: str | None) -> dict[str, Any]:
 
 
 def format_table(result: dict[str, Any]) -> str:
+    if "student_acc" not in result:  # a data-free run: the probe metric and the losses are the report
+        lines = ["data-free run (data.name: none): no test accuracy"]
+        lines += [f"{k:<34}{result[k]:>10.4f}" for k in ("probe_agreement", "probe_tv", "val_acc") if k in result]
+        lines.append(f"student params {result['student_params']:,} / ensemble params {result['teacher_params']:,}")
+        return "\n".join(lines)
     rows = [(f"teacher {i}", a) for i, a in enumerate(result.get("teacher_acc", []))]
     rows += [("teacher ensemble", result.get("ensemble_acc")), ("student (mean of headers)", result.get("student_acc"))]
     if "student_acc_attention" in result:

@@ -10,7 +10,7 @@ def test_presets_are_configurations_of_one_config():
     mad = make_config({"method": "mad"})
     assert mad.train.ema and mad.loss.adv_loss == "kl"
     cgdd = make_config({"method": "cgdd"})
-    assert cgdd.model.generator == "cond_generator32" and cgdd.loss.w_at == 250.0
+    assert cgdd.model.generator == "auto" and cgdd.loss.w_ce_gen == 1.0 and cgdd.loss.w_at == 250.0  # auto: conditional
     assert set(PRESETS) == {"cdfkd_mfs", "ddad", "mad", "cgdd"}
 
 
@@ -52,7 +52,7 @@ def test_int_accepted_for_float():
     ("--loss.w_bn=.nan", r"loss.w_bn=nan: must be a finite number"),      # NaN passes every range comparison
     ("--optim.student_lr=.inf", r"optim.student_lr=inf: must be a finite number"),
     ("--probe.w_bn=-.inf", r"probe.w_bn=-inf: must be a finite number"),
-    ("--data.name=cifar1000", "choose one of mnist, cifar10, cifar100"),
+    ("--data.name=cifar1000", "choose one of none, mnist, cifar10, cifar100"),
 ])
 def test_bad_values_raise(override, message):
     with pytest.raises(ConfigError, match=message):

@@ -9,7 +9,8 @@ CLASSIFIERS = {"lenet5": (1, 32), "lenet5_half": (1, 32), "resnet18": (3, 32), "
                "wrn_16_1": (3, 32), "wrn_16_2": (3, 32), "wrn_40_2": (3, 32)}
 STUDENTS = {"mfs_lenet5_half": (1, 32), "mh_lenet5_half": (1, 32), "mfs_resnet18": (3, 32), "smh_resnet18": (3, 32),
             "mfs_wrn_16_1": (3, 32), "mfs_wrn_16_2": (3, 32)}
-GENERATORS = {"generator32": {"img_size": 32}, "cond_generator32": {"img_size": 32}, "generator_large": {"img_size": 64}}
+GENERATORS = {"generator32": {"img_size": 32}, "cond_generator32": {"img_size": 32}, "generator_large": {"img_size": 64},
+              "cond_generator_large": {"img_size": 128}}
 
 
 def test_registry_covers_all_tested_models():
@@ -86,9 +87,9 @@ def test_training_only_feature_projection():
     m = create_model("mfs_wrn_16_1", num_classes=10).eval()
     x = torch.randn(2, 3, 32, 32)
     before, n = m(x), m.deployed_params()
-    m.project_features_to(128)
+    m.project_features_to([128, 512, None])  # header k to its own teacher's width (None: no teacher feature)
     _, feats, logits = m(x, features=True)
-    assert feats.shape == (3, 2, 128) and torch.equal(logits, before)
+    assert [tuple(f.shape) for f in feats] == [(2, 128), (2, 512), (2, 64)] and torch.equal(logits, before)
     assert m.deployed_params() == n < num_params(m)
 
 
@@ -103,6 +104,24 @@ def test_generators(name):
     assert x.shape == (4, 3, size, size)
     if name == "generator32":  # last BN without affine: each channel zero mean, unit variance over the batch
         assert torch.allclose(x.mean((0, 2, 3)), torch.zeros(3), atol=1e-5)
+
+
+@pytest.mark.parametrize("name,size", [("generator32", (28, 28)), ("generator32", (48, 64)), ("generator32", (30, 42)),
+                                       ("generator_large", (96, 128)), ("generator_large", (224, 224)),
+                                       ("generator_large", (180, 240))])
+def test_generators_make_any_size(name, size):
+    """Non-square and sizes the upsampling factor does not divide: the output is cropped to exactly H x W."""
+    g = create_model(name, nz=8, ngf=4, nc=3, img_size=size)
+    assert g(torch.randn(2, 8)).shape == (2, 3, *size)
+
+
+def test_auto_generator_by_size_and_labels():
+    from cdkd.models.generators import pick_generator
+    assert pick_generator("auto", (1, 32, 32), False) == "generator32"
+    assert pick_generator("auto", (3, 64, 64), True) == "cond_generator32"
+    assert pick_generator("auto", (3, 64, 96), False) == "generator_large"
+    assert pick_generator("auto", (3, 224, 224), True) == "cond_generator_large"
+    assert pick_generator("generator32", (3, 224, 224), False) == "generator32"  # an explicit name is kept
 
 
 def test_conditional_generator_needs_labels():

@@ -12,7 +12,9 @@ from .train import make_trainer
 
 def make_pool(cfg: Config) -> RayTeacherPool | None:
     """The teachers in Ray actors (`teacher_pool: ray`), or None: each engine process loads its own."""
-    return RayTeacherPool(cfg.teachers, cfg.distributed) if cfg.distributed.teacher_pool == "ray" else None
+    if cfg.distributed.teacher_pool != "ray":
+        return None
+    return RayTeacherPool(cfg.teachers, cfg.distributed, tuple(cfg.input_shape) or None)
 
 
 def launch(cfg: Config, pool: RayTeacherPool | None, *, resume: bool, threads: int = 0, with_data: bool = True,

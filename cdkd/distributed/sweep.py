@@ -238,7 +238,8 @@ def summarise(s: SweepSettings, params: list[Param], grid) -> dict[str, Any]:
         raise CdkdError(f"no trial reported {s.metric}; see the trial logs in {s.sweep_dir}")
     sign = 1 if s.mode == "max" else -1
     best_row, best_result = max(scored, key=lambda rr: sign * rr[0][s.metric])
-    if s.test:  # only now, with the choice made, is the test split touched (for the table)
+    if s.test and make_config(s.base).data.name != "none":  # only now, with the choice made, is the test split
+        # touched (for the table); a data-free sweep (data.name: none) has no test split and reports the probe only
         for row, r in rows:
             ckpt = _checkpoint_file(r)
             row["test_acc"] = trial_test_accuracy(s, r.config, ckpt) if ckpt and os.path.exists(ckpt) else None

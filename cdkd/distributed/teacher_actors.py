@@ -30,7 +30,7 @@ from ..config import DistributedConfig, TeacherSpec
 from ..errors import CdkdError, TeacherError, first_line
 from ..objectives import Targets
 from ..teacher_pool import GroupStep, Pending, PoolSpec, TeacherGroup, fingerprint, merge_targets
-from ..teachers import load_teacher, validate_teachers
+from ..teachers import InputNorm, input_space, load_teacher, validate_teachers
 
 
 class NotLoaded(Exception):
@@ -48,11 +48,12 @@ class TeacherActor:
         self.group: TeacherGroup | None = None
         self.step: tuple[int, GroupStep] | None = None  # (token, forward) of the generator step in progress
 
-    def load(self, specs: list[TeacherSpec], input_shape: tuple[int, ...] | None) -> dict[str, Any]:
+    def load(self, specs: list[TeacherSpec], input_shape: tuple[int, ...] | None,
+             space: InputNorm | None = None) -> dict[str, Any]:
         """Load and validate this actor's teachers; errors come back as a message, not a remote traceback."""
         try:
             teachers = [load_teacher(s) for s in specs]
-            num_classes, shape = validate_teachers(teachers, input_shape)
+            num_classes, shape = validate_teachers(teachers, input_shape, space)
         except CdkdError as e:
             return {"error": str(e)}
         self.group = TeacherGroup(teachers).to(self.device)
@@ -60,6 +61,7 @@ class TeacherActor:
                 "pid": os.getpid(),
                 "state_hashes": [t.state_hash for t in teachers],
                 "params": sum(p.numel() for t in teachers for p in t.parameters()),
+                "norms": [t.norm for t in teachers],
                 "node": ray.get_runtime_context().get_node_id(), "device": str(self.device)}
 
     def _group(self) -> TeacherGroup:
@@ -69,6 +71,10 @@ class TeacherActor:
 
     def configure(self, spec: PoolSpec) -> None:
         self._group().configure(spec)
+
+    def set_input_space(self, space: InputNorm | None) -> None:
+        """The pool-wide generator input space (chosen over all actors' teachers)."""
+        input_space(list(self._group().teachers), space)
 
     def pid(self) -> int:
         return os.getpid()
@@ -170,6 +176,10 @@ class RayTeacherPool:
         self.fingerprint = fingerprint(self.names, [h for info in infos for h in info["state_hashes"]])
         self.placement = [{"node": info["node"], "device": info["device"], "teachers": info["names"]}
                           for info in infos]
+        # one input space for the whole pool: the first declared normalisation in config order (as in-process)
+        self.norms = [n for info in infos for n in info["norms"]]
+        self.input_space = next((n for n in self.norms if n is not None), None)
+        ray.get([a.set_input_space.remote(self.input_space) for a in self.actors])
         self.stats = {"put_s": 0.0, "wait_s": 0.0, "compute_s": 0.0}  # seconds in training calls, for the benchmark
 
     def configure(self, spec: PoolSpec) -> None:
@@ -214,7 +224,7 @@ class RayTeacherPool:
         while True:  # calls fail fast with ActorUnavailableError while Ray restarts the process: retry them
             try:
                 left = max(deadline - time.monotonic(), 0.1)
-                info = ray.get(a.load.remote([self.specs[k] for k in self.ranges[i]], self.requested_shape),
+                info = ray.get(a.load.remote([self.specs[k] for k in self.ranges[i]], self.requested_shape, self.input_space),
                                timeout=left)
                 if self.spec is not None:
                     ray.get(a.configure.remote(self.spec), timeout=left)

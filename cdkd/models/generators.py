@@ -2,8 +2,14 @@
 
 A conditional generator (num_classes > 0) multiplies z by a learnt label embedding: h = z * Emb(y).
 Generators always run in train mode: their BatchNorm uses batch statistics, so a batch is generated whole.
+Sizes: `img_size` is an int (square) or (H, W); any size works: the generator grows a map of
+ceil(H / f) x ceil(W / f) (f = 4 or 16, its total upsampling) and crops the output to H x W (a no-op when f
+divides the size). Both end in an affine-free BN: outputs live in one normalised space, which each teacher maps
+to its own normalisation (`cdkd.teachers`).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn as nn
@@ -26,13 +32,24 @@ class _Conditioning(nn.Module):
         return z * self.embed(y)
 
 
+def _grid(img_size: int | tuple[int, int], factor: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((H, W), (h0, w0)): the output size and the initial map that `factor` x upsampling grows from."""
+    hw = (img_size, img_size) if isinstance(img_size, int) else (int(img_size[0]), int(img_size[1]))
+    return hw, (math.ceil(hw[0] / factor), math.ceil(hw[1] / factor))
+
+
+def _crop(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    return x if tuple(x.shape[-2:]) == hw else x[..., :hw[0], :hw[1]]
+
+
 class Generator32(_Conditioning):
     """DAFL/DFAD 'GeneratorA': fc -> 2x(upsample, conv, BN(eps=0.8), LeakyReLU) -> conv -> tanh -> BN(affine=False)."""
 
-    def __init__(self, nz: int = 256, ngf: int = 64, img_size: int = 32, nc: int = 3, num_classes: int = 0) -> None:
+    def __init__(self, nz: int = 256, ngf: int = 64, img_size: int | tuple[int, int] = 32, nc: int = 3,
+                 num_classes: int = 0) -> None:
         super().__init__(nz, num_classes)
-        self.init_size = img_size // 4
-        self.fc = nn.Linear(nz, 2 * ngf * self.init_size ** 2)
+        self.out_size, self.init_size = _grid(img_size, 4)
+        self.fc = nn.Linear(nz, 2 * ngf * self.init_size[0] * self.init_size[1])
         self.body = nn.Sequential(
             nn.BatchNorm2d(2 * ngf),
             nn.Upsample(scale_factor=2),
@@ -45,17 +62,19 @@ class Generator32(_Conditioning):
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         h = self.fc(self.condition(z, y))
-        return self.body(h.view(h.shape[0], -1, self.init_size, self.init_size))  # (B, nc, S, S)
+        return _crop(self.body(h.view(h.shape[0], -1, *self.init_size)), self.out_size)  # (B, nc, H, W)
 
 
 class GeneratorLarge(_Conditioning):
-    """DCGAN-style generator for 128/224 px: fc -> 4 x (ConvTranspose stride 2, BN, LeakyReLU) -> conv -> tanh."""
+    """CDFKD-MFS's G-large for 128/224 px: fc -> 4 x (ConvTranspose stride 2, BN, LeakyReLU) -> conv -> tanh
+    -> BN(affine=False). The final BN is GeneratorLargeBN's (224 px); the 128 px G-large has none, kept here
+    for every size so that all generators share one normalised output space."""
 
-    def __init__(self, nz: int = 256, ngf: int = 64, img_size: int = 128, nc: int = 3, num_classes: int = 0,
-                 final_bn: bool = True) -> None:
+    def __init__(self, nz: int = 256, ngf: int = 64, img_size: int | tuple[int, int] = 128, nc: int = 3,
+                 num_classes: int = 0, final_bn: bool = True) -> None:
         super().__init__(nz, num_classes)
-        self.init_size = img_size // 16
-        self.fc = nn.Linear(nz, 8 * ngf * self.init_size ** 2)
+        self.out_size, self.init_size = _grid(img_size, 16)
+        self.fc = nn.Linear(nz, 8 * ngf * self.init_size[0] * self.init_size[1])
         chans = [8 * ngf, 4 * ngf, 2 * ngf, ngf, ngf]
         layers: list[nn.Module] = [nn.BatchNorm2d(chans[0])]
         for c_in, c_out in zip(chans[:-1], chans[1:]):
@@ -68,19 +87,40 @@ class GeneratorLarge(_Conditioning):
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         h = self.fc(self.condition(z, y))
-        return self.body(h.view(h.shape[0], -1, self.init_size, self.init_size))
+        return _crop(self.body(h.view(h.shape[0], -1, *self.init_size)), self.out_size)
+
+
+LARGE_FROM = 65  # px: DAFL's generator up to 64 px (its fc grows with the square of the size), G-large above
+
+
+def pick_generator(name: str, input_shape: tuple[int, ...], conditional: bool) -> str:
+    """`auto`: DAFL's generator up to 64 px, CDFKD-MFS's G-large above; conditional when the method sets
+    preset labels. Any other name is kept as configured."""
+    if name != "auto":
+        return name
+    base = "generator_large" if max(input_shape[-2:]) >= LARGE_FROM else "generator32"
+    return f"cond_{base}" if conditional else base
 
 
 @MODELS.register
-def generator32(nz: int = 256, ngf: int = 64, img_size: int = 32, nc: int = 3, num_classes: int = 0) -> Generator32:
+def generator32(nz: int = 256, ngf: int = 64, img_size: int | tuple[int, int] = 32, nc: int = 3,
+                num_classes: int = 0) -> Generator32:
     return Generator32(nz, ngf, img_size, nc, num_classes)
 
 
 @MODELS.register
-def cond_generator32(nz: int = 256, ngf: int = 64, img_size: int = 32, nc: int = 3, num_classes: int = 10) -> Generator32:
+def cond_generator32(nz: int = 256, ngf: int = 64, img_size: int | tuple[int, int] = 32, nc: int = 3,
+                     num_classes: int = 10) -> Generator32:
     return Generator32(nz, ngf, img_size, nc, num_classes)
 
 
 @MODELS.register
-def generator_large(nz: int = 256, ngf: int = 64, img_size: int = 128, nc: int = 3, num_classes: int = 0) -> GeneratorLarge:
+def generator_large(nz: int = 256, ngf: int = 64, img_size: int | tuple[int, int] = 128, nc: int = 3,
+                    num_classes: int = 0) -> GeneratorLarge:
+    return GeneratorLarge(nz, ngf, img_size, nc, num_classes)
+
+
+@MODELS.register
+def cond_generator_large(nz: int = 256, ngf: int = 64, img_size: int | tuple[int, int] = 128, nc: int = 3,
+                         num_classes: int = 10) -> GeneratorLarge:
     return GeneratorLarge(nz, ngf, img_size, nc, num_classes)

@@ -110,15 +110,17 @@ class StudentBase(nn.Module):
         if not features:
             return s
         proj = getattr(self, "feature_proj", None)  # (a submodule only once project_features_to ran)
-        if proj is not None:
-            feats = torch.stack([p(f) for p, f in zip(proj, feats)])
+        if proj is not None:  # one map per teacher; a single-head student's one feature feeds all of them
+            heads = feats if len(feats) == len(proj) else feats.expand(len(proj), *feats.shape[1:])
+            feats = [p(f) for p, f in zip(proj, heads)]
         return stages, feats, s
 
-    def project_features_to(self, dim: int) -> None:
-        """Give each header a linear map of its pooled feature to width `dim` (the teachers'), so the feature L1
-        of spec 2.3 runs when widths differ (FitNets' regressor). Training-only: logits never pass through it,
-        and `deployed_params` leaves it out."""
-        self.feature_proj = nn.ModuleList(nn.Linear(self.feature_dim, dim) for _ in range(self.num_headers))
+    def project_features_to(self, dims: list[int | None]) -> None:
+        """Give header k a linear map of its pooled feature to width dims[k], the width of *its own* teacher, so
+        the feature L1 of spec 2.3 runs when widths differ, also in a mixed ensemble (FitNets' regressor; None:
+        that teacher gives no feature). Training-only: logits never pass through it; `deployed_params` leaves
+        it out."""
+        self.feature_proj = nn.ModuleList(nn.Linear(self.feature_dim, d) if d else nn.Identity() for d in dims)
 
     def deployed_params(self) -> int:
         """Parameters of the model that predicts (the training-only feature projection excluded)."""
