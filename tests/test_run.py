@@ -57,7 +57,7 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, teacher_paths):
     def poisoned():
         if d.step == 2:
             with torch.no_grad():
-                d.teachers[0].model.classifier.weight.fill_(float("nan"))
+                d.teachers[0].model.model.classifier.weight.fill_(float("nan"))
         return step()
     d.train_iteration = poisoned
     ckpt = tmp_path / "nan" / "checkpoints" / "last.pt"
