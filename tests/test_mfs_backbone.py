@@ -78,9 +78,9 @@ def test_headers_are_distinct_modules(default):
 def test_parameter_budget():
     """At most 1/4 of three torchvision ResNet-18s (3 x 11.18M / 4 = 8.39M), for 10 and 100 classes."""
     ensemble = 3 * num_params(torchvision.models.resnet18(num_classes=10))
-    for name in ("mfs_timm", "mfs_timm_small"):
+    for name, kw in [("mfs_timm", {}), ("mfs_timm_small", {}), ("mfs_timm", {"backbone": "resnet18"})]:
         for c in (10, 100):
-            assert 4 * num_params(create_model(name, num_classes=c, num_headers=3)) <= ensemble, (name, c)
+            assert 4 * num_params(create_model(name, num_classes=c, num_headers=3, **kw)) <= ensemble, (name, kw, c)
     assert num_params(create_model("mfs_timm_small")) < num_params(create_model("mfs_timm"))
 
 
