@@ -101,7 +101,8 @@ def mfs_timm(num_classes: int = 10, num_headers: int = 3, in_chans: int = 3, bac
     One training step (forward + backward, batch 32, channels_last) on "Intel(R) Xeon(R) Processor" (lscpu:
     family 6 model 167 under KVM, 2 cores, AVX-512, AMX-BF16). The machine was shared with other jobs, so
     the first two columns are single-thread CPU time (`process_time`, min of 2 after 2 warm-up steps, models
-    interleaved); the last is wall time with 2 threads at load < 0.5 (median of 3 after 1 warm-up), 64 / 128 px:
+    interleaved, the comparable figures); the last is wall time with 2 threads, median of 3 after 1 warm-up,
+    taken one model after the other as other jobs started (load 0.5 at the start): indicative only. 64 / 128 px:
                             fp32            bf16 autocast    2 threads fp32, wall (quiet machine)
       resnet10t (default)   232 / 749 ms    137 / 392 ms     123 / 431 ms
       resnet18              307 / 934 ms    161 / 430 ms     154 / 634 ms
