@@ -103,18 +103,18 @@ def mfs_timm(num_classes: int = 10, num_headers: int = 3, in_chans: int = 3, bac
     the first two columns are single-thread CPU time (`process_time`, min of 2 after 2 warm-up steps, models
     interleaved, the comparable figures); the last is wall time with 2 threads, median of 3 after 1 warm-up,
     taken one model after the other as other jobs started (load 0.5 at the start): indicative only. 64 / 128 px:
-                            fp32            bf16 autocast    2 threads fp32, wall (quiet machine)
+                            fp32            bf16 autocast    2 threads fp32, wall
       resnet10t (default)   232 / 749 ms    137 / 392 ms     123 / 431 ms
       resnet18              307 / 934 ms    161 / 430 ms     154 / 634 ms
       regnetx_004           173 / 414 ms    101 / 264 ms     -
       mobilenetv3_small_100 151 / 253 ms    129 / 310 ms     249 / 915 ms
       efficientnet_b0       351 / 1239 ms   -                -
-      resnet10t (1,2,3,4) single encoders 327 / 880 ms fp32; mobilenetv3_large_100 was 5x slower still.
-    The default is the fastest ResNet trunk within the budget: ResNet-18's layers up to layer3 cost 1.3x its
-    time for 1.5x the parameters, and a ResNet trunk keeps the teachers' stage geometry (channels, strides) for
-    attention transfer. The depthwise backbones (MobileNetV3, EfficientNet) are small but gain little from
-    bf16 and lose most of their single-thread advantage with 2 threads; RegNetX-400MF is the fast choice
-    when the budget is ~1.5M.
+      resnet10t (1,2,3,4) single encoders 327 / 880 ms fp32.
+    The default is the fastest ResNet trunk within the budget: the ResNet-18 variant takes 1.25-1.3x its step
+    time (fp32) for 1.46x the parameters, and a ResNet trunk keeps the teachers' stage geometry (channels,
+    strides) for attention transfer. The depthwise backbones (MobileNetV3, EfficientNet) are small but gain
+    little or nothing from bf16 and scaled worst to 2 threads in the one 2-thread run; RegNetX-400MF is the
+    fast choice for a budget of ~1.5M (`backbone="regnetx_004"`).
     """
     return build_mfs_timm(backbone, num_classes, num_headers, in_chans, feature_dim, out_indices, header_width,
                           top_chs, double, **timm_kwargs)
