@@ -13,8 +13,11 @@ GENERATORS = {"generator32": {"img_size": 32}, "cond_generator32": {"img_size": 
               "cond_generator_large": {"img_size": 128}}
 
 
+TIMM_STUDENTS = {"mfs_timm", "mfs_timm_small"}  # 64-224 px students, tested in test_mfs_backbone.py
+
+
 def test_registry_covers_all_tested_models():
-    assert set(list_models()) == set(CLASSIFIERS) | set(STUDENTS) | set(GENERATORS)
+    assert set(list_models()) == set(CLASSIFIERS) | set(STUDENTS) | set(GENERATORS) | TIMM_STUDENTS
 
 
 @pytest.mark.parametrize("name", sorted(CLASSIFIERS))

@@ -59,10 +59,24 @@ class SepConv(nn.Module):
         return self.body(x)
 
 
+def fit_to(a: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """`a` average-pooled to `ref`'s spatial size where the two differ (typically by one row or column).
+
+    `F.adaptive_avg_pool2d` shrinks by averaging overlapping windows and, in the rare case `a` is the smaller,
+    repeats rows/columns. The test is on concrete sizes, so an export with a dynamic batch only keeps one branch.
+    """
+    if a.shape[-2:] == ref.shape[-2:]:
+        return a
+    return F.adaptive_avg_pool2d(a, ref.shape[-2:])
+
+
 class MFSHeader(nn.Module):
     """Multi-level feature sharing: encoder j reads trunk level j concatenated with encoder j-1's output.
 
     Levels left over after the encoders (e.g. LeNet's 1x1 top level) are concatenated before pooling.
+    Where encoder j-1's output does not land exactly on level j's spatial size (a trunk whose downsampling
+    floors odd sizes while the stride-2 encoder ceils them, see `mfs_backbone`), it is fitted to that size
+    first (`fit_to`); for the CIFAR-size students the sizes always match and this is a no-op.
     """
 
     def __init__(self, encoders: list[nn.Module], feat_in: int, feat_dim: int | None, num_classes: int) -> None:
@@ -74,10 +88,10 @@ class MFSHeader(nn.Module):
     def features(self, stages: list[torch.Tensor]) -> torch.Tensor:
         a = self.encoders[0](stages[0])
         for j, enc in enumerate(self.encoders[1:], start=1):
-            a = enc(torch.cat([stages[j], a], 1))
+            a = enc(torch.cat([stages[j], fit_to(a, stages[j])], 1))
         rest = stages[len(self.encoders):]
         if rest:
-            a = torch.cat([*rest, a], 1)
+            a = torch.cat([*rest, fit_to(a, rest[0])], 1)
         return self.proj(F.adaptive_avg_pool2d(a, 1).flatten(1))
 
 
