@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from dataclasses import dataclass
 from typing import Callable
 
@@ -30,6 +31,8 @@ class Exported:
 
 
 def _pt2(path: str) -> Exported:
+    if not zipfile.is_zipfile(path):  # (torch.export.load would log a traceback before raising)
+        raise CdkdError(f"{path}: cannot read exported student (not a .pt2 archive)")
     program = torch.export.load(path)
     user_inputs = set(program.graph_signature.user_inputs)
     node = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name in user_inputs)
