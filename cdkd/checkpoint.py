@@ -129,12 +129,19 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str) -> st
 def export_student(student: nn.Module, aggregator: nn.Module | None, input_shape: tuple[int, ...],
                    path: str) -> dict[str, str]:
     """The eval-mode student with its aggregation as `path` (.pt2, loads with `torch.export.load` alone) and,
-    beside it, the same module as ONNX (.onnx): returns {"pt2": path, "onnx": path, "onnx_exporter": name}."""
+    beside it, the same module as ONNX (.onnx): returns {"pt2": path, "onnx": path, "onnx_exporter": name}.
+
+    A student that neither ONNX exporter can translate still gets its .pt2 (a finished run is not failed for
+    it): then "onnx" is None and "onnx_error" says why.
+    """
     model = AggregatedStudent(student, aggregator).eval()
     onnx_path = f"{os.path.splitext(path)[0]}.onnx"
     export_program(model, input_shape, path)
-    exporter = export_onnx(model, input_shape, onnx_path)
-    return {"pt2": path, "onnx": onnx_path, "onnx_exporter": exporter}
+    try:
+        return {"pt2": path, "onnx": onnx_path, "onnx_exporter": export_onnx(model, input_shape, onnx_path)}
+    except CdkdError as e:
+        print(f"[cdkd] warning: {e}")
+        return {"pt2": path, "onnx": None, "onnx_error": str(e)}
 
 
 def load_exported(path: str) -> nn.Module:

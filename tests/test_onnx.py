@@ -117,3 +117,29 @@ def test_run_writes_onnx_and_export_reexports(tmp_path, capsys, teacher_paths):
     assert torch.allclose(onnx_logits(again["exported_onnx"], x), ref, atol=1e-4)
     rc = main(["export", str(tmp_path / "nothing")])
     assert rc == 2 and "run directory not found" in capsys.readouterr().err
+
+
+def test_torchscript_exporter_is_the_fallback(tmp_path, monkeypatch):
+    real = torch.onnx.export
+
+    def no_dynamo(*args, **kwargs):
+        if kwargs.get("dynamo"):
+            raise RuntimeError("simulated: an operator the dynamo exporter cannot translate")
+        return real(*args, **kwargs)
+    monkeypatch.setattr(torch.onnx, "export", no_dynamo)
+    s = student()
+    written = export_student(s, None, (1, 32, 32), str(tmp_path / "student.pt2"))
+    assert written["onnx_exporter"] == "torchscript"
+    x = torch.randn(3, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(onnx_logits(written["onnx"], x), AggregatedStudent(s)(x), atol=1e-4)
+
+
+def test_onnx_failure_keeps_the_pt2(tmp_path, monkeypatch, capsys):
+    def fail(*args, **kwargs):
+        raise RuntimeError("simulated")
+    monkeypatch.setattr(torch.onnx, "export", fail)
+    written = export_student(student(), None, (1, 32, 32), str(tmp_path / "student.pt2"))
+    assert written["onnx"] is None and "cannot export" in written["onnx_error"]
+    assert os.path.exists(written["pt2"]) and os.listdir(tmp_path) == ["student.pt2"]  # no temporary files left
+    assert "warning: cannot export" in capsys.readouterr().out

@@ -56,6 +56,8 @@ def export_run(run_dir: str, out_dir: str = "", mean_headers: bool = False, data
     os.makedirs(out_dir, exist_ok=True)
     with eval_mode(student):
         written = export_student(student, aggregator, run.input_shape, os.path.join(out_dir, "student.pt2"))
+    if written["onnx"] is None:
+        raise CdkdError(f"{written['pt2']} written, but not the ONNX file: {written['onnx_error']}")
     return {"checkpoint": where, "iteration": run.distiller.step, "aggregation": "attention" if aggregator else "mean",
             "exported_student": written["pt2"], "exported_onnx": written["onnx"],
             "onnx_exporter": written["onnx_exporter"]}

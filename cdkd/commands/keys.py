@@ -46,7 +46,10 @@ def _comments(source: str) -> dict[int, tuple[int, str]]:
 @lru_cache(maxsize=None)
 def field_comments(cls: type) -> dict[str, str]:
     """Field name -> its trailing `# comment`, with the comment-only lines indented under it that continue it."""
-    source = textwrap.dedent(inspect.getsource(cls))
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):  # no source shipped (a frozen or byte-code-only install): keys without help
+        return {}
     comments = _comments(source)
     out = {}
     for node in ast.parse(source).body[0].body:
@@ -123,6 +126,12 @@ def method_descriptions() -> dict[str, str]:
     return {m: "" for m in C.METHODS}
 
 
+def section_doc(cls: type) -> str:
+    """A config section's own docstring, first sentence ('' for the one dataclasses writes: `Name(field: ...)`)."""
+    doc = cls.__doc__ or ""
+    return "" if doc.startswith(f"{cls.__name__}(") else first_sentence(doc)
+
+
 def format_keys(width: int = 30) -> str:
     """The `config keys` section of `--help`: one line per key (help text wrapped under it)."""
     lines = ["config keys: --section.key=value (a Python/YAML literal), after the --config file and the method's "
@@ -132,9 +141,8 @@ def format_keys(width: int = 30) -> str:
         head = k.name.split(".")[0].split("[")[0]
         if head != section and "." in k.name:
             section = head
-            cls = type(getattr(C.Config(), head, None)) if head not in LIST_ITEMS else LIST_ITEMS[head]
-            doc = (inspect.getdoc(cls) or "") if cls.__doc__ and not cls.__doc__.startswith(cls.__name__ + "(") else ""
-            lines.append(f"{head}:{'  ' + doc.splitlines()[0] if doc else ''}")
+            doc = section_doc(LIST_ITEMS.get(head) or type(getattr(C.Config(), head)))
+            lines.append(f"{head}:{'  ' + doc if doc else ''}")
         spec = f"{k.type} = {k.default!r}"
         if k.choices:
             spec += f"  {{{', '.join(k.choices)}}}"
