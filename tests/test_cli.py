@@ -4,10 +4,10 @@ import importlib
 import os
 import subprocess
 import sys
-import tomllib
 import typing
 from dataclasses import dataclass, field
 
+import pytest
 import yaml
 
 from cdkd import config as C
@@ -115,6 +115,7 @@ def test_module_runs_as_a_command():
 
 
 def test_console_script_resolves_to_main():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
         target = tomllib.load(f)["project"]["scripts"]["cdkd"]
     module, _, attr = target.partition(":")

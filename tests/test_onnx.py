@@ -52,7 +52,8 @@ def write_imagefolder(root, classes=("cat", "dog"), per_class=3, size=40):
         for c in classes:
             os.makedirs(root / split / c)
             for i in range(per_class):
-                Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / split / c / f"{i}.png")
+                pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / c / f"{i}.png")
     return str(root)
 
 
@@ -94,8 +95,7 @@ def test_eval_bad_inputs(tmp_path, capsys, data_root):
     for argv, text in [([str(tmp_path / "none.pt2")], "student file not found"),
                        ([str(tmp_path / "junk.pt2")], "cannot read exported student"),
                        ([str(tmp_path / "model.bin")], "expected an exported student, .pt2 or .onnx"),
-                       ([rgb["pt2"], "--data-dir", data_root], "expects input (3, 32, 32) but the mnist test images "
-                                                               "are (1, 32, 32)")]:
+                       ([rgb["pt2"], "--data-dir", data_root], "expects input (3, 32, 32) but the mnist test")]:
         rc = main(["eval", *argv])
         err = capsys.readouterr().err.strip().splitlines()
         assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and text in err[0], err

@@ -90,7 +90,8 @@ def parser(prog: str = "cdkd eval") -> Parser:
     p = Parser(prog, __doc__)
     p.add_argument("student", help="exported student: student.pt2 or student.onnx")
     p.add_argument("--dataset", default="mnist", choices=DATASETS)
-    p.add_argument("--data-dir", default="", help="data directory (default: $CDKD_DATA_DIR, ./data, ../shared/datasets)")
+    p.add_argument("--data-dir", default="", help="data directory (default: $CDKD_DATA_DIR, ./data, "
+                   "../shared/datasets)")
     p.add_argument("--batch-size", type=int, default=500)
     return p
 

@@ -11,7 +11,7 @@ import textwrap
 import tokenize
 import typing
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 from .. import config as C
@@ -43,7 +43,7 @@ def _comments(source: str) -> dict[int, tuple[int, str]]:
     return {line: (-1 if line in code_lines else col, text) for line, (col, text) in out.items()}
 
 
-@lru_cache(maxsize=None)
+@cache
 def field_comments(cls: type) -> dict[str, str]:
     """Field name -> its trailing `# comment`, with the comment-only lines indented under it that continue it."""
     try:
@@ -134,8 +134,8 @@ def section_doc(cls: type) -> str:
 
 def format_keys(width: int = 30) -> str:
     """The `config keys` section of `--help`: one line per key (help text wrapped under it)."""
-    lines = ["config keys: --section.key=value (a Python/YAML literal), after the --config file and the method's "
-             "preset;", "lists and mappings (yaml) are set in the --config file", ""]
+    lines = ["config keys: --section.key=value (a Python/YAML literal), applied after the method's preset and the",
+             "--config file; lists and mappings (yaml) are set in the --config file", ""]
     section = None
     for k in config_keys():
         head = k.name.split(".")[0].split("[")[0]
