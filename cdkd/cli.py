@@ -23,9 +23,9 @@ def parse(p: argparse.ArgumentParser, argv: list[str]) -> tuple[argparse.Namespa
     return args, overrides
 
 
-def run_config(args: argparse.Namespace, overrides: list[str]) -> Config:
-    """The config file with overrides, or the MNIST demo (its teachers trained or reused first)."""
+def run_config(args: argparse.Namespace, overrides: list[str], train_demo: bool = True) -> Config:
+    """The config file with overrides, or the MNIST demo (its teachers trained or reused first, if `train_demo`)."""
     if args.config:
         return load_config(args.config, overrides)
     make_config({}, overrides)  # validate the overrides before training any teacher
-    return make_config(demo_config(data_root=args.data_dir), overrides)
+    return make_config(demo_config(data_root=args.data_dir, train=train_demo), overrides)

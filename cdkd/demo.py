@@ -45,6 +45,11 @@ def teacher_recipe(dataset: str, epochs: int | None = None) -> dict[str, Any]:
     return recipe
 
 
+def teacher_path(out_dir: str, dataset: str, arch: str, seed: int) -> str:
+    """Where `ensure_teachers` keeps the teacher of one seed."""
+    return os.path.join(out_dir, f"{dataset}-{arch}-seed{seed}.pt")
+
+
 def ensure_teachers(data: ImageData, dataset: str, arch: str, seeds: list[int], out_dir: str,
                     epochs: int | None = None, force: bool = False) -> list[str]:
     """Train one teacher per seed (or reuse a cached checkpoint of the same recipe); return their paths.
@@ -56,7 +61,7 @@ def ensure_teachers(data: ImageData, dataset: str, arch: str, seeds: list[int], 
     recipe = teacher_recipe(dataset, epochs)
     paths = []
     for seed in seeds:
-        path = os.path.join(out_dir, f"{dataset}-{arch}-seed{seed}.pt")
+        path = teacher_path(out_dir, dataset, arch, seed)
         if os.path.exists(path) and not force:
             _, _, meta, _ = load_cdkd(path)
             if meta.get("epochs") == recipe["epochs"] and meta.get("recipe", recipe) == recipe:
@@ -77,9 +82,12 @@ def ensure_teachers(data: ImageData, dataset: str, arch: str, seeds: list[int], 
     return paths
 
 
-def demo_config(teacher_dir: str = "runs/teachers", data_root: str = "") -> dict[str, Any]:
-    data = load_data("mnist", data_root)
-    paths = ensure_teachers(data, "mnist", "lenet5", [0, 1, 2], teacher_dir)
+def demo_config(teacher_dir: str = "runs/teachers", data_root: str = "", train: bool = True) -> dict[str, Any]:
+    """The demo's config; its teachers are trained or reused first, unless `train=False` (only their paths)."""
+    if train:
+        paths = ensure_teachers(load_data("mnist", data_root), "mnist", "lenet5", [0, 1, 2], teacher_dir)
+    else:
+        paths = [teacher_path(teacher_dir, "mnist", "lenet5", seed) for seed in (0, 1, 2)]
     cfg = {**MNIST_DEMO, "teachers": [{"path": p} for p in paths]}
     cfg["data"] = {**cfg["data"], "root": data_root}
     return cfg

@@ -356,6 +356,14 @@ def save_samples(d: Distiller, path: str, n: int = 64) -> None:
     save_image(x[:n].float().cpu(), path, nrow=8, normalize=True)
 
 
+def fit_run_aggregator(run: Run) -> tuple[nn.Module, dict[str, Any]]:
+    """The attention aggregator of `aggregation.num_samples` labeled train samples (seeded: refitting it on the
+    same student gives the same one, which is how `cdkd export` re-exports a run)."""
+    a = run.cfg.aggregation
+    return fit_aggregator(run.distiller.student, run.data.train, a.num_samples, run.info["num_classes"],
+                          a.val_fraction, a.epochs, a.lr, a.batch_size, run.cfg.train.seed, run.device)
+
+
 def finish(run: Run, wall: float, stopped: str | None) -> dict[str, Any]:
     cfg, d = run.cfg, run.distiller
     result: dict[str, Any] = {"method": cfg.method, "iterations": d.step, "distill_wall_s": round(wall, 1),
@@ -364,20 +372,22 @@ def finish(run: Run, wall: float, stopped: str | None) -> dict[str, Any]:
     result.update(selection_metrics(run))
     if run.data is not None and run.test:
         if cfg.aggregation.num_samples > 0:
-            a = cfg.aggregation
-            aggregator, agg_info = fit_aggregator(d.student, run.data.train, a.num_samples, run.info["num_classes"],
-                                                  a.val_fraction, a.epochs, a.lr, a.batch_size, cfg.train.seed,
-                                                  run.device)
+            aggregator, agg_info = fit_run_aggregator(run)
             result.update(agg_info)
         result.update(evaluate(run, aggregator))
     if stopped:
         result["stopped"] = stopped
     export_path = os.path.join(cfg.run_dir, "student.pt2")
     with eval_mode(d.student):
-        export_student(d.student.cpu(), aggregator.cpu() if aggregator else None, run.input_shape, export_path,
-                       run.info["student_input"].get("normalized_inside"))
+        exported = export_student(d.student.cpu(), aggregator.cpu() if aggregator else None, run.input_shape,
+                                  export_path, run.info["student_input"].get("normalized_inside"))
     d.student.to(run.device)
     result["exported_student"] = export_path
+    result["exported_onnx"] = exported["onnx"]
+    with open(os.path.join(cfg.run_dir, "student.json"), "w") as f:  # what the exported student takes and gives
+        json.dump({"input_shape": list(run.input_shape), **run.info["student_input"],
+                   "output": f"logits (batch, {run.info['num_classes']})", "teachers": run.info["teachers"],
+                   "files": [p for p in (exported["pt2"], exported["onnx"]) if p]}, f, indent=2)
     with open(os.path.join(cfg.run_dir, "result.json"), "w") as f:
         json.dump(result, f, indent=2)
     return result
