@@ -35,7 +35,7 @@ NORMS = {"mnist": InputNorm((0.1307,), (0.3081,)), "minus1_1": InputNorm((0.5,),
          "raw": InputNorm((0.0,), (1.0,))}
 TEACHERS = [  # (file, kind, spec fields, normalisation, epochs)
     ("lenet5.pt", "cdkd", {}, "mnist", 4),
-    ("resnet10t.pth", "timm", {"arch": "resnet10t", "kwargs": {"num_classes": 10, "in_chans": 1}}, "minus1_1", 2),
+    ("resnet10t.pth", "timm", {"arch": "resnet10t", "kwargs": {"num_classes": 10, "in_chans": 1}}, "minus1_1", 1),
     ("smallcnn.pt", "python", {"factory": "bench.own_models:SmallCNN", "kwargs": {"num_classes": 10}}, "raw", 3),
 ]
 
