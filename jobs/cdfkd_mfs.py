@@ -22,6 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from cdkd.cli import add_config_args, parse, run_config  # noqa: E402
 from cdkd.config import Config  # noqa: E402
 from cdkd.errors import CdkdError  # noqa: E402
+from cdkd.interrupt import Interrupted  # noqa: E402
+from cdkd.resume import resume_mode  # noqa: E402
 from cdkd.trainer import build, format_table, has_checkpoint, train  # noqa: E402
 
 
@@ -46,10 +48,17 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(p)
     p.add_argument("--resume", action="store_true", help="continue the run in run_dir from its last checkpoint")
+    p.add_argument("--resume-allow-gaps", action="store_true", help="(implies --resume) continue even if the "
+                   "metrics miss or repeat iterations before the checkpoint; the gap is recorded in resumes.jsonl")
+    p.add_argument("--resume-from-good", action="store_true", help="(implies --resume) if the newest checkpoint "
+                   "cannot be read, continue from the older good one (checkpoints/prev.pt)")
     args, overrides = parse(p, argv)
     try:
         cfg = run_config(args, overrides)
-        result = distill(cfg, args.resume)
+        result = distill(cfg, resume_mode(args))
+    except (Interrupted, KeyboardInterrupt) as e:  # Ctrl-C / SIGTERM: checkpointed (or, twice, stopped at once)
+        print(f"interrupted: {str(e) or 'KeyboardInterrupt before the run started'}", file=sys.stderr)
+        return getattr(e, "exit_code", 130)
     except CdkdError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
