@@ -35,6 +35,7 @@ class StopSignals:
 
     def __init__(self, on_second=None) -> None:
         self.signum: int | None = None
+        self.on_first = None          # called with the first signal's number (the Ray driver: ask workers to stop)
         self.on_second = on_second
         self._previous: dict[int, object] = {}
 
@@ -49,6 +50,8 @@ class StopSignals:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signum is None:
             self.signum = signum
+            if self.on_first is not None:
+                self.on_first(signum)
             return
         self.restore()  # a third signal gets the default behaviour
         if self.on_second is not None:

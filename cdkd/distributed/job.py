@@ -6,21 +6,40 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from typing import Any
 
 import ray
 
 from ..config import Config
 from ..errors import CdkdError
-from ..trainer import build, has_checkpoint, prepare_selection
+from ..interrupt import Interrupted, StopSignals, resume_hint
+from ..runlock import run_lock
+from ..trainer import build, clear_stop_request, has_checkpoint, prepare_selection, request_stop
 from .launch import launch, make_pool
 from .train import absolute_paths
 
 
 def run_on_ray(cfg: Config, resume: bool = False, threads: int = 0) -> dict[str, Any]:
     """Distill with Ray Train workers (or, with workers=0, in this process) and the teachers local or in Ray
-    actors; returns rank 0's result."""
+    actors; returns rank 0's result.
+
+    This driver holds the run directory's lock for the whole run. A first SIGINT/SIGTERM here (`ray job stop`
+    sends SIGTERM) asks the workers to checkpoint and stop (`<run_dir>/.stop`), then raises `Interrupted`."""
     cfg = absolute_paths(cfg)
+    with run_lock(cfg.run_dir, "run", hint=" (Ctrl-C, kill -TERM or `ray job stop` saves a checkpoint)"):
+        clear_stop_request(cfg.run_dir)
+        with StopSignals(on_second=lambda s: clear_stop_request(cfg.run_dir)) as signals:
+            signals.on_first = lambda s: request_stop(cfg.run_dir, signal.Signals(s).name)
+            result = _run_on_ray(cfg, resume, threads)
+            if signals.signum is not None:
+                raise Interrupted(f"interrupted by {signals.name}: the workers checkpointed at iteration "
+                                  f"{result.get('interrupted', '?')}; {resume_hint(cfg.run_dir)}", signals.exit_code)
+        clear_stop_request(cfg.run_dir)
+        return result
+
+
+def _run_on_ray(cfg: Config, resume: bool, threads: int) -> dict[str, Any]:
     dc = cfg.distributed
     if has_checkpoint(cfg.run_dir) and not resume:
         raise CdkdError(f"{cfg.run_dir} already holds a run; pass --resume to continue it or choose another run_dir")
@@ -46,6 +65,12 @@ def run_on_ray(cfg: Config, resume: bool = False, threads: int = 0) -> dict[str,
             pool.shutdown()
     if not dc.workers:
         return result
+    stopped = os.path.join(cfg.run_dir, "interrupted.json")
+    if os.path.exists(stopped):  # rank 0 stopped on the driver's request: no result.json
+        with open(stopped) as f:
+            out = json.load(f)
+        os.remove(stopped)
+        return out
     path = os.path.join(cfg.run_dir, "result.json")
     if not os.path.exists(path):
         raise CdkdError(f"training finished but wrote no {path}")
