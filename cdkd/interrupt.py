@@ -60,9 +60,14 @@ class StopSignals:
                           EXIT_CODES.get(signum, 130))
 
     def __enter__(self) -> "StopSignals":
+        return self.install()
+
+    def install(self) -> "StopSignals":
+        """(Again, after `ray.init`: Ray's C++ failure handler takes over SIGTERM in a driver.)"""
         if threading.current_thread() is threading.main_thread():
             for s in EXIT_CODES:
-                self._previous[s] = signal.signal(s, self._handle)
+                previous = signal.signal(s, self._handle)
+                self._previous.setdefault(s, previous)
         return self
 
     def restore(self) -> None:

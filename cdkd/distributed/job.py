@@ -29,17 +29,22 @@ def run_on_ray(cfg: Config, resume: bool = False, threads: int = 0) -> dict[str,
     cfg = absolute_paths(cfg)
     with run_lock(cfg.run_dir, "run", hint=" (Ctrl-C, kill -TERM or `ray job stop` saves a checkpoint)"):
         clear_stop_request(cfg.run_dir)
-        with StopSignals(on_second=lambda s: clear_stop_request(cfg.run_dir)) as signals:
-            signals.on_first = lambda s: request_stop(cfg.run_dir, signal.Signals(s).name)
-            result = _run_on_ray(cfg, resume, threads)
-            if signals.signum is not None:
-                raise Interrupted(f"interrupted by {signals.name}: the workers checkpointed at iteration "
-                                  f"{result.get('interrupted', '?')}; {resume_hint(cfg.run_dir)}", signals.exit_code)
-        clear_stop_request(cfg.run_dir)
+        try:
+            with StopSignals(on_second=lambda s: clear_stop_request(cfg.run_dir)) as signals:
+                signals.on_first = lambda s: request_stop(cfg.run_dir, signal.Signals(s).name)
+                result = _run_on_ray(cfg, resume, threads, signals)
+        finally:
+            clear_stop_request(cfg.run_dir)
+        if signals.signum is not None:
+            at = result.get("interrupted") if isinstance(result, dict) else None
+            raise Interrupted(f"interrupted by {signals.name}: "
+                              + (f"the workers checkpointed at iteration {at}" if at is not None else
+                                 "stopped before the workers started") + f"; {resume_hint(cfg.run_dir)}",
+                              signals.exit_code)
         return result
 
 
-def _run_on_ray(cfg: Config, resume: bool, threads: int) -> dict[str, Any]:
+def _run_on_ray(cfg: Config, resume: bool, threads: int, signals: StopSignals) -> dict[str, Any]:
     dc = cfg.distributed
     if has_checkpoint(cfg.run_dir) and not resume:
         raise CdkdError(f"{cfg.run_dir} already holds a run; pass --resume to continue it or choose another run_dir")
@@ -47,6 +52,7 @@ def _run_on_ray(cfg: Config, resume: bool, threads: int) -> dict[str, Any]:
         build(cfg)  # every input check (data, teachers, models, loss pairing) before Ray starts
     if not ray.is_initialized():
         ray.init()
+    signals.install()  # over Ray's own SIGTERM handler, which ends the driver at once
     if dc.use_gpu and not ray.cluster_resources().get("GPU"):
         raise CdkdError("distributed.use_gpu=true but the Ray cluster has no GPUs")
     pool = make_pool(cfg)
