@@ -36,7 +36,7 @@ def needed(e: BaseException) -> str:
 def oom_error(cfg: Any, stage: str, e: BaseException) -> CdkdError:
     t = cfg.train
     need = needed(e)
-    extra = f", probe.batch_size={cfg.probe.batch_size}" if stage.startswith("building") else ""
+    extra = f", probe.batch_size={cfg.probe.batch_size}" if "probe" in stage else ""
     return CdkdError(f"out of memory {stage} (train.batch_size={t.batch_size}{extra}, device {t.device}"
                      f"{'; it needed ' + need if need else ''}); lower train.batch_size or model.ngf, or use a "
                      "larger device")

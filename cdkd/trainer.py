@@ -256,7 +256,8 @@ def train(run: Run, resume: bool | Resume = False, store: CheckpointStore | None
                 with open(os.path.join(rd, "resumes.jsonl"), "a") as f:
                     f.write(json.dumps({"iteration": d.step, "from": where, "time": time.time(), **gap}) + "\n")
         if main:
-            prepare_selection(run)
+            with oom_guard(cfg, "while building the probe set"):
+                prepare_selection(run)
             os.makedirs(os.path.join(rd, "samples"), exist_ok=True)
             with open(os.path.join(rd, "config.yaml"), "w") as f:
                 f.write(cfg.to_yaml())
