@@ -33,6 +33,14 @@ def holder(directory: str) -> str:
         return ""
 
 
+def check_free(directory: str, what: str = "run", hint: str = "") -> None:
+    """CdkdError (naming the holder) if another process holds the lock of `directory`; nothing is held after."""
+    if not directory or not os.path.exists(os.path.join(directory, LOCK_FILE)):
+        return
+    with run_lock(directory, what, hint):
+        pass
+
+
 @contextmanager
 def run_lock(directory: str, what: str = "run", hint: str = "") -> Iterator[None]:
     """Hold the exclusive lock of `directory` (created if missing) for the block; CdkdError if another

@@ -37,7 +37,7 @@ from .progress import Progress
 from .registry import MODELS
 from .resume import Resume, check_metrics, check_teachers, load_newest_good, prev_path, teacher_record
 from .resume import options as resume_options
-from .runlock import run_lock
+from .runlock import check_free, run_lock
 from .supervised import accuracy, eval_mode, predictions, subset
 from .teacher_pool import TeacherGroup, TeacherPool, fast_bf16
 from .teachers import load_teacher
@@ -198,7 +198,10 @@ class FileCheckpoints:
 
 
 def has_checkpoint(run_dir: str) -> bool:
-    """Whether `run_dir` holds a checkpoint to resume: the local `checkpoints/last.pt` or Ray Train's `checkpoint_*`."""
+    """Whether `run_dir` holds a checkpoint to resume: the local `checkpoints/last.pt` or Ray Train's `checkpoint_*`.
+
+    A run directory in use by another process is an error here already (one line naming its PID)."""
+    check_free(run_dir, "run", hint=" (Ctrl-C or kill -TERM saves a checkpoint)")
     return bool(run_dir) and (os.path.exists(os.path.join(run_dir, "checkpoints", "last.pt"))
                               or bool(glob.glob(os.path.join(run_dir, "checkpoint_*"))))
 
