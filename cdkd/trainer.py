@@ -267,7 +267,10 @@ def train(run: Run, resume: bool | Resume = False, store: CheckpointStore | None
         last: dict[str, float] = {}
         teachers = teacher_record(d.pool, cfg)
 
+        saved_at = d.step if state is not None else -1  # the iteration of the newest checkpoint
+
         def checkpoint() -> None:
+            nonlocal saved_at
             if not d.finite():  # a step that made the weights non-finite never replaces the last good checkpoint
                 raise NonFiniteLossError(f"non-finite student or generator weights at iteration {d.step}; stopping "
                                          f"({last_good(store)})")
@@ -276,6 +279,7 @@ def train(run: Run, resume: bool | Resume = False, store: CheckpointStore | None
             wall = wall0 + time.perf_counter() - t0
             store.save({"engine": d.state(), "rng": rng_state(), "config": cfg.to_dict(), "wall_s": wall,
                         "teachers": teachers} if main else None, {"iteration": d.step, **last})
+            saved_at = d.step
 
         t = cfg.train
         progress = Progress(t.iterations, cfg.method, start=d.step, log_every=t.log_every) if main else None
@@ -322,7 +326,7 @@ def train(run: Run, resume: bool | Resume = False, store: CheckpointStore | None
             wall = wall0 + time.perf_counter() - t0
             if progress:
                 progress.close()
-            if d.step % t.ckpt_every or stopped or interrupted or not d.step:
+            if saved_at != d.step:  # (once per iteration: prev.pt stays the older one)
                 checkpoint()
         except Interrupted as e:  # a second signal: at once, no new checkpoint
             if progress:

@@ -255,3 +255,20 @@ def test_out_of_memory_is_one_line(tmp_path, teacher_paths, monkeypatch):
     with pytest.raises(CdkdError, match=r"out of memory while building the run \(train.batch_size=16, "
                                         r".*it needed 37252.90 GiB"):
         build(cfg, with_data=False)
+
+
+def test_a_sweep_directory_in_use_is_refused_with_the_pid(tmp_path, teacher_paths):
+    pytest.importorskip("ray")
+    from cdkd.distributed.sweep import SweepSettings, run_sweep
+    sweep_dir = str(tmp_path / "sweep")
+    code = "import sys; from cdkd.runlock import run_lock\nwith run_lock(sys.argv[1], 'sweep'):\n    sys.stdin.read()"
+    other = subprocess.Popen([sys.executable, "-c", code, sweep_dir], stdin=subprocess.PIPE, cwd=REPO)
+    try:
+        wait_for(lambda: f"pid {other.pid} " in holder(sweep_dir))
+        settings = SweepSettings(sweep_dir=sweep_dir, base=tiny_config(teacher_paths),
+                                 space={"loss.w_bn": {"uniform": [0.01, 1.0]}}, num_samples=1)
+        with pytest.raises(CdkdError, match=f"is in use by another sweep \\(pid {other.pid} on host"):
+            run_sweep(settings)
+    finally:
+        other.communicate(b"", timeout=60)
+    assert holder(sweep_dir) == ""
