@@ -108,6 +108,7 @@ def main() -> None:
     p.add_argument("--teacher-dir", default="runs/bench/own-teachers")
     p.add_argument("--seed", type=int, default=0)
     args, overrides = p.parse_known_args()
+    torch.set_flush_denormal(True)  # late-training denormals slow CPU convolutions several times over
     data = load_data("mnist", args.data_dir)
     specs, accs = zip(*(ensure_teacher(data, args.teacher_dir, *t, seed=i) for i, t in enumerate(TEACHERS)))
     run_dir = os.path.join("runs", "bench", f"own-ensemble-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")

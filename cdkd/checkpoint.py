@@ -16,9 +16,10 @@ import torch.nn as nn
 from .errors import CdkdError, first_line
 
 
-def atomic_save(obj: Any, path: str) -> None:
+def atomic_save(obj: Any, path: str, keep_previous: str = "") -> None:
     """Write to a temporary file, then rename over `path`: a crash or a full disk leaves the old file intact
-    (and no temporary file behind)."""
+    (and no temporary file behind). With `keep_previous`, the old `path` becomes that file first (a hard
+    link renamed into place, so `path` exists at every moment)."""
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -26,10 +27,23 @@ def atomic_save(obj: Any, path: str) -> None:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        if keep_previous and os.path.exists(path):
+            link = f"{keep_previous}.tmp-{os.getpid()}"
+            if os.path.exists(link):
+                os.remove(link)
+            try:
+                os.link(path, link)
+            except OSError:  # a file system without hard links: copy
+                import shutil
+                shutil.copyfile(path, link)
+            os.replace(link, keep_previous)
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:  # full disk, read-only or missing directory (torch wraps some as RuntimeError)
+    except BaseException as e:  # an interrupt, too, must leave no temporary file behind
         if os.path.exists(tmp):
             os.remove(tmp)
+        if not isinstance(e, (OSError, RuntimeError)):
+            raise
+        # full disk, read-only or missing directory (torch wraps some as RuntimeError)
         kept = f"; the previous {os.path.basename(path)} is kept" if os.path.exists(path) else ""
         raise CdkdError(f"cannot write {path} ({first_line(e)}){kept}") from None
 

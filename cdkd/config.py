@@ -16,7 +16,8 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from .config_checks import check_document, check_elements
+from .errors import ConfigError, first_line
 
 METHODS = ("cdfkd_mfs", "ddad", "mad", "cgdd")
 
@@ -314,12 +315,28 @@ def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] 
             raise ConfigError(f"config file not found: {path}") from None
         except IsADirectoryError:
             raise ConfigError(f"config file {path} is a directory; give a YAML file") from None
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+        except (yaml.YAMLError, UnicodeDecodeError, ValueError, OverflowError) as e:  # (ValueError: a bad date...)
+            raise ConfigError(f"{path}: invalid YAML ({_yaml_problem(e)})") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: invalid YAML (nested too deeply)") from None
+        except MemoryError:
+            raise ConfigError(f"{path}: invalid YAML (too large to load)") from None
+        except OSError as e:
+            raise ConfigError(f"config file {path}: cannot read ({first_line(e)})") from None
+        check_document(data, path)
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of config sections (method:, train:, ...), got a "
                               f"{type(data).__name__}")
     return make_config(data, overrides)
+
+
+def _yaml_problem(e: BaseException) -> str:
+    """What is wrong and where: 'found character '\\t' that cannot start any token (line 3, column 1)'."""
+    if isinstance(e, yaml.MarkedYAMLError) and e.problem:
+        mark = e.problem_mark
+        return f"{e.problem}" + (f" (line {mark.line + 1}, column {mark.column + 1})" if mark else "")
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
 
 
 def _non_finite(obj: Any, where: str = "") -> str | None:
@@ -384,3 +401,4 @@ def validate(cfg: Config) -> None:
                 or any(v <= 0 for v in t.std):
             raise ConfigError(f"config teachers[{i}]: mean and std must be lists of numbers of one length "
                               "(std > 0)")
+    check_elements(cfg)

@@ -8,6 +8,7 @@ import glob
 import os
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
 import pyarrow.parquet as pq
 
 
@@ -48,7 +49,15 @@ class MetricsWriter:
     def drop_after(self, iteration: int) -> None:
         """On resume: remove parts written past the checkpoint (they will be written again)."""
         for path in glob.glob(os.path.join(self.directory, "part-*.parquet")):
-            if int(os.path.basename(path).split("-")[1]) > iteration:
+            first, last = (int(n) for n in os.path.basename(path)[5:-8].split("-"))
+            if first > iteration:
+                os.remove(path)
+            elif last > iteration:  # a part reaching past the checkpoint (an older one resumed): cut it there
+                table = pq.read_table(path)
+                table = table.filter(pa.compute.less_equal(table.column("iteration"), iteration))
+                cut = os.path.join(self.directory, f"part-{first:08d}-{iteration:08d}.parquet")
+                pq.write_table(table, cut + ".tmp")
+                os.replace(cut + ".tmp", cut)
                 os.remove(path)
 
 

@@ -11,6 +11,7 @@ import inspect
 import json
 import os
 import time
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -20,19 +21,24 @@ import torch.nn as nn
 from torchvision.utils import save_image
 
 from .aggregation import fit_aggregator
-from .checkpoint import atomic_save, export_student, load_run_checkpoint, rng_state, set_rng_state
+from .checkpoint import atomic_save, export_student, rng_state, set_rng_state
 from .config import Config
 from .data import ImageData, in_space, load_data
 from .engine import Distiller, make_optimizers, pair_losses
 from .errors import CdkdError, ConfigError, NonFiniteLossError, first_line
 from .global_bn import local_batch_stats
+from .interrupt import Interrupted, StopSignals, resume_hint
 from .metrics import MetricsWriter
 from .models import create_model
 from .models.generators import pick_generator
 from .models.students import as_student
+from .oom import guard_build, oom_guard
 from .probe import ensure_probe, probe_metrics
 from .progress import Progress
 from .registry import MODELS
+from .resume import Resume, check_metrics, check_teachers, load_newest_good, prev_path, teacher_record
+from .resume import options as resume_options
+from .runlock import check_free, run_lock
 from .supervised import accuracy, eval_mode, predictions, subset
 from .teacher_pool import TeacherGroup, TeacherPool, fast_bf16
 from .teachers import load_teacher
@@ -68,6 +74,7 @@ def resolve_auto(cfg: Config, device: torch.device) -> Config:
     return cfg
 
 
+@guard_build
 def build(cfg: Config, with_data: bool = True, pool: TeacherPool | None = None,
           device: torch.device | None = None) -> Run:
     """Validate all input and construct teachers, student, generator and engine (no training yet).
@@ -185,24 +192,34 @@ class CheckpointStore(Protocol):
 
 
 class FileCheckpoints:
-    """One atomically replaced file, `<run_dir>/checkpoints/last.pt`."""
+    """`<run_dir>/checkpoints/last.pt`, atomically replaced; the one it replaces is kept as `prev.pt`.
+
+    `from_good`: when `last.pt` cannot be read, `load` continues from `prev.pt` (`--resume-from-good`);
+    `loaded_from` is the file `load` read."""
 
     def __init__(self, path: str) -> None:
-        self.location = path
+        self.location = self.loaded_from = path
+        self.from_good = False
 
     def exists(self) -> bool:
         return os.path.exists(self.location)
 
     def load(self) -> dict[str, Any] | None:
-        return load_run_checkpoint(self.location) if self.exists() else None
+        if not self.exists():
+            return None
+        self.loaded_from, state = load_newest_good(self.location, self.from_good)
+        return state
 
     def save(self, state: dict[str, Any] | None, metrics: dict[str, float]) -> None:
         if state is not None:
-            atomic_save(state, self.location)
+            atomic_save(state, self.location, keep_previous=prev_path(self.location))
 
 
 def has_checkpoint(run_dir: str) -> bool:
-    """Whether `run_dir` holds a checkpoint to resume: the local `checkpoints/last.pt` or Ray Train's `checkpoint_*`."""
+    """Whether `run_dir` holds a checkpoint to resume: the local `checkpoints/last.pt` or Ray Train's `checkpoint_*`.
+
+    A run directory in use by another process is an error here already (one line naming its PID)."""
+    check_free(run_dir, "run", hint=" (Ctrl-C or kill -TERM saves a checkpoint)")
     return bool(run_dir) and (os.path.exists(os.path.join(run_dir, "checkpoints", "last.pt"))
                               or bool(glob.glob(os.path.join(run_dir, "checkpoint_*"))))
 
@@ -213,86 +230,164 @@ def default_run_dir(cfg: Config) -> str:
     return cfg.run_dir
 
 
-def train(run: Run, resume: bool = False, store: CheckpointStore | None = None) -> dict[str, Any]:
+def train(run: Run, resume: bool | Resume = False, store: CheckpointStore | None = None,
+          lock: bool = True) -> dict[str, Any]:
     """Run (or continue) the distillation; returns the final result dict, also written to result.json.
 
     Under DDP every rank calls this; rank 0 alone writes metrics, samples and results (others return {}).
+    `resume` may be a `Resume` with the `--resume-allow-gaps` / `--resume-from-good` options. `lock`: hold the
+    run directory's lock (rank 0); Ray Train workers pass False (their driver holds it).
+    A first SIGINT/SIGTERM (or, under Ray Train, the driver's stop file) ends the run after the current
+    iteration with a checkpoint and `Interrupted`; a second one stops at once.
     """
     cfg, d = run.cfg, run.distiller
     rd = default_run_dir(cfg)
     main = d.rank == 0
+    opts = resume_options(resume)
     store = store or FileCheckpoints(os.path.join(rd, "checkpoints", "last.pt"))
-    if store.exists() and not resume:
-        raise CdkdError(f"{rd} already holds a run; pass --resume to continue it or choose another run_dir")
-    if main:
-        check_writable(rd)
-    metrics = MetricsWriter(os.path.join(rd, "metrics"), tensorboard=main) if main else None
-    state = store.load() if resume else None
-    wall0 = 0.0  # distillation seconds before this process: distill_wall_s counts the whole run across resumes
-    if state is not None:
-        check_same_run(state.get("config", {}), cfg, store.location)
-        wall0 = state.get("wall_s", 0.0)
-        d.load_state(state["engine"])
-        set_rng_state(state["rng"])
-        if metrics:
-            metrics.drop_after(d.step)
-        print(f"[cdkd] resumed {rd} at iteration {d.step} from {store.location}")
-        if main:  # provenance: a crash restart, or a PBT exploit's donor checkpoint
-            os.makedirs(rd, exist_ok=True)
-            with open(os.path.join(rd, "resumes.jsonl"), "a") as f:
-                f.write(json.dumps({"iteration": d.step, "from": store.location, "time": time.time()}) + "\n")
-    if main:
-        prepare_selection(run)
-        os.makedirs(os.path.join(rd, "samples"), exist_ok=True)
-        with open(os.path.join(rd, "config.yaml"), "w") as f:
-            f.write(cfg.to_yaml())
-    last: dict[str, float] = {}
-
-    def checkpoint() -> None:
-        if not d.finite():  # a step that made the weights non-finite never replaces the last good checkpoint
-            raise NonFiniteLossError(f"non-finite student or generator weights at iteration {d.step}; stopping "
-                                     f"({last_good(store)})")
-        if metrics:
-            metrics.flush()
-        wall = wall0 + time.perf_counter() - t0
-        store.save({"engine": d.state(), "rng": rng_state(), "config": cfg.to_dict(), "wall_s": wall} if main
-                   else None, {"iteration": d.step, **last})
-
-    t = cfg.train
-    progress = Progress(t.iterations, cfg.method, start=d.step, log_every=t.log_every) if main else None
-    t0, stopped = time.perf_counter(), None
-    while d.step < t.iterations:
-        try:
-            logs = d.train_iteration()
-        except NonFiniteLossError as e:
-            raise NonFiniteLossError(f"{e} ({last_good(store)})") from None
-        it = d.step
-        elapsed = wall0 + time.perf_counter() - t0
-        last = logs
-        stop = bool(t.budget_s) and over_budget(elapsed > t.budget_s, d.world_size) and it < t.iterations
+    if isinstance(store, FileCheckpoints):
+        store.from_good = opts.from_good
+    with ExitStack() as held:
+        if lock and main:
+            held.enter_context(run_lock(rd, "run", hint=" (Ctrl-C or kill -TERM saves a checkpoint)"))
+            clear_stop_request(rd)  # a stale request of an earlier, finished run
+        signals = held.enter_context(StopSignals())
+        if store.exists() and not resume:
+            raise CdkdError(f"{rd} already holds a run; pass --resume to continue it or choose another run_dir")
         if main:
-            if it % t.ckpt_every == 0 or it == t.iterations or stop:  # every checkpoint carries the metric
-                logs.update(selection_metrics(run))
-            if t.eval_every and it % t.eval_every == 0 and run.data is not None and run.test:
-                e0 = time.perf_counter()
-                logs["student_acc"] = accuracy(d.student, run.data.test, run.device)  # a curve: nothing chosen on it
-                t0 += time.perf_counter() - e0  # a test-split report, not distillation: kept out of the wall time
-            metrics.log({"iteration": it, "time_s": elapsed, **logs})
-            progress.update(logs)
-            if it % t.sample_every == 0 or it == t.iterations:
-                save_samples(d, os.path.join(rd, "samples", f"iter_{it:06d}.png"))
-        if it % t.ckpt_every == 0:
-            checkpoint()
-        if stop:
-            stopped = f"time budget of {t.budget_s:.0f}s reached at iteration {it}"
-            print(f"[cdkd] {stopped}")
-            break
-    wall = wall0 + time.perf_counter() - t0
-    if progress:
-        progress.close()
-    if d.step % t.ckpt_every or stopped or not d.step:
-        checkpoint()
-    return finish(run, wall, stopped) if main else {}
+            check_writable(rd)
+        metrics = MetricsWriter(os.path.join(rd, "metrics"), tensorboard=main) if main else None
+        state = store.load() if resume else None
+        where = getattr(store, "loaded_from", store.location)
+        wall0 = 0.0  # distillation seconds before this process: distill_wall_s counts the whole run across resumes
+        gap: dict[str, Any] = {}
+        if state is not None:
+            check_same_run(state.get("config", {}), cfg, where)
+            check_teachers(state.get("teachers"), teacher_record(d.pool, cfg), where)
+            if metrics:
+                gap = check_metrics(metrics.directory, state["engine"]["step"], opts.allow_gaps)
+            wall0 = state.get("wall_s", 0.0)
+            d.load_state(state["engine"])
+            set_rng_state(state["rng"])
+            if metrics:
+                metrics.drop_after(d.step)
+            print(f"[cdkd] resumed {rd} at iteration {d.step} from {where}")
+            if main:  # provenance: a crash restart, or a PBT exploit's donor checkpoint
+                os.makedirs(rd, exist_ok=True)
+                with open(os.path.join(rd, "resumes.jsonl"), "a") as f:
+                    f.write(json.dumps({"iteration": d.step, "from": where, "time": time.time(), **gap}) + "\n")
+        if main:
+            with oom_guard(cfg, "while building the probe set"):
+                prepare_selection(run)
+            os.makedirs(os.path.join(rd, "samples"), exist_ok=True)
+            with open(os.path.join(rd, "config.yaml"), "w") as f:
+                f.write(cfg.to_yaml())
+        last: dict[str, float] = {}
+        teachers = teacher_record(d.pool, cfg)
+
+        saved_at = d.step if state is not None else -1  # the iteration of the newest checkpoint
+
+        def checkpoint() -> None:
+            nonlocal saved_at
+            if not d.finite():  # a step that made the weights non-finite never replaces the last good checkpoint
+                raise NonFiniteLossError(f"non-finite student or generator weights at iteration {d.step}; stopping "
+                                         f"({last_good(store)})")
+            if metrics:
+                metrics.flush()
+            wall = wall0 + time.perf_counter() - t0
+            store.save({"engine": d.state(), "rng": rng_state(), "config": cfg.to_dict(), "wall_s": wall,
+                        "teachers": teachers} if main else None, {"iteration": d.step, **last})
+            saved_at = d.step
+
+        t = cfg.train
+        progress = Progress(t.iterations, cfg.method, start=d.step, log_every=t.log_every) if main else None
+        t0, stopped, interrupted = time.perf_counter(), None, False
+        first = True
+        try:
+            while d.step < t.iterations:
+                try:
+                    with oom_guard(cfg, "in the first iteration") if first else nullcontext():
+                        logs = d.train_iteration()
+                except NonFiniteLossError as e:
+                    raise NonFiniteLossError(f"{e} ({last_good(store)})") from None
+                first = False
+                it = d.step
+                elapsed = wall0 + time.perf_counter() - t0
+                last = logs
+                if gap:
+                    logs["resume_gap"] = float(gap["missing_rows"])  # missing rows before this one (resumes.jsonl)
+                    gap = {}
+                asked = signals.signum is not None or (main and stop_requested(rd))
+                budget = bool(t.budget_s) and elapsed > t.budget_s
+                budget, interrupted = agree(budget, asked, d.world_size)
+                interrupted = interrupted and it < t.iterations  # the last iteration done: the run just ends
+                stop = (budget or interrupted) and it < t.iterations
+                if main:
+                    if it % t.ckpt_every == 0 or it == t.iterations or stop:  # every checkpoint carries the metric
+                        logs.update(selection_metrics(run))
+                    if t.eval_every and it % t.eval_every == 0 and run.data is not None and run.test:
+                        e0 = time.perf_counter()
+                        logs["student_acc"] = accuracy(d.student, run.data.test, run.device)  # a curve only
+                        t0 += time.perf_counter() - e0  # a test-split report, not distillation: not wall time
+                    metrics.log({"iteration": it, "time_s": elapsed, **logs})
+                    progress.update(logs)
+                    if it % t.sample_every == 0 or it == t.iterations:
+                        save_samples(d, os.path.join(rd, "samples", f"iter_{it:06d}.png"))
+                if it % t.ckpt_every == 0:
+                    checkpoint()
+                if stop and interrupted:
+                    break
+                if stop:
+                    stopped = f"time budget of {t.budget_s:.0f}s reached at iteration {it}"
+                    print(f"[cdkd] {stopped}")
+                    break
+            wall = wall0 + time.perf_counter() - t0
+            if progress:
+                progress.close()
+            if saved_at != d.step:  # (once per iteration: prev.pt stays the older one)
+                checkpoint()
+        except Interrupted as e:  # a second signal: at once, no new checkpoint
+            if progress:
+                progress.close()
+            raise Interrupted(f"{e} at iteration {d.step}; {last_good(store).split(';')[0]}; {resume_hint(rd)}",
+                              e.exit_code) from None
+        if interrupted and (lock or signals.signum is not None):
+            why = signals.name or f"a stop request ({os.path.join(rd, STOP_FILE)})"
+            raise Interrupted(f"interrupted by {why} at iteration {d.step}; checkpoint written to {store.location}; "
+                              f"{resume_hint(rd)}", signals.exit_code if signals.signum else 143)
+        if interrupted:  # a Ray Train worker asked to stop by its driver: the driver reports it
+            return {"interrupted": d.step} if main else {}
+        return finish(run, wall, stopped) if main else {}
+
+
+STOP_FILE = ".stop"
+
+
+def stop_requested(run_dir: str) -> bool:
+    """Whether the driver of a Ray Train run asked its workers to checkpoint and stop (`<run_dir>/.stop`)."""
+    return os.path.exists(os.path.join(run_dir, STOP_FILE))
+
+
+def request_stop(run_dir: str, why: str) -> None:
+    with open(os.path.join(run_dir, STOP_FILE), "w") as f:
+        f.write(why + "\n")
+
+
+def clear_stop_request(run_dir: str) -> None:
+    try:
+        os.remove(os.path.join(run_dir, STOP_FILE))
+    except FileNotFoundError:
+        pass
+
+
+def agree(budget: bool, interrupt: bool, world_size: int) -> tuple[bool, bool]:
+    """Rank 0's view decides for all ranks (time budget, stop request), so DDP workers stop at the same
+    iteration."""
+    if world_size == 1:
+        return budget, interrupt
+    flag = torch.tensor([float(budget), float(interrupt)])
+    dist.broadcast(flag, 0)
+    return bool(flag[0].item()), bool(flag[1].item())
 
 
 def last_good(store: CheckpointStore) -> str:
@@ -338,15 +433,6 @@ def check_same_run(saved: dict[str, Any], cfg: Config, where: str) -> None:
     if differ:
         raise CdkdError(f"cannot resume {where}: the config differs in {', '.join(differ)}; resume with the "
                         "run's own config.yaml, or start a new run_dir")
-
-
-def over_budget(local: bool, world_size: int) -> bool:
-    """Rank 0's clock decides for all ranks, so DDP workers stop at the same iteration."""
-    if world_size == 1:
-        return local
-    flag = torch.tensor([float(local)])
-    dist.broadcast(flag, 0)
-    return bool(flag.item())
 
 
 @torch.no_grad()

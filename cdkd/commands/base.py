@@ -21,9 +21,14 @@ class Parser(argparse.ArgumentParser):
 
 
 def guarded(work: Callable[[], int]) -> int:
-    """Run `work`; a CdkdError becomes one `error:` line on stderr and exit code 2."""
+    """Run `work`; a CdkdError becomes one `error:` line on stderr and exit code 2; Ctrl-C / SIGTERM (after the
+    run saved its checkpoint, or a second one that stops at once) one `interrupted:` line and 130 / 143."""
+    from ..interrupt import Interrupted
     try:
         return work()
+    except (Interrupted, KeyboardInterrupt) as e:
+        print(f"interrupted: {str(e) or 'stopped before the run started'}", file=sys.stderr)
+        return getattr(e, "exit_code", 130)
     except CdkdError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

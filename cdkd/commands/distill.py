@@ -18,6 +18,7 @@ import json
 from ..cli import add_config_args, parse, run_config
 from ..config import METHODS, Config
 from ..errors import CdkdError
+from ..resume import resume_mode
 from .base import Parser, guarded
 from .keys import first_sentence, format_keys, method_descriptions
 
@@ -66,6 +67,10 @@ def parser(prog: str = "cdkd distill") -> Parser:
     p = Parser(prog, __doc__, epilog=format_keys())
     add_config_args(p)
     p.add_argument("--resume", action="store_true", help="continue the run in run_dir from its last checkpoint")
+    p.add_argument("--resume-allow-gaps", action="store_true", help="(implies --resume) continue even if the "
+                   "metrics miss or repeat iterations before the checkpoint; the gap is recorded in resumes.jsonl")
+    p.add_argument("--resume-from-good", action="store_true", help="(implies --resume) if the newest checkpoint "
+                   "cannot be read, continue from the older good one (checkpoints/prev.pt)")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved config as YAML and exit (trains nothing, not even the demo's teachers)")
     p.add_argument("--list-models", action="store_true", help="the registered models (students, teachers, generators)")
@@ -84,6 +89,6 @@ def main(argv: list[str] | None = None, prog: str = "cdkd distill") -> int:
         if args.print_config:
             print(cfg.to_yaml(), end="")
             return 0
-        print(report(cfg, distill(cfg, args.resume)))
+        print(report(cfg, distill(cfg, resume_mode(args))))
         return 0
     return guarded(work)

@@ -28,4 +28,4 @@ def launch(cfg: Config, pool: RayTeacherPool | None, *, resume: bool, threads: i
         run = build(cfg, with_data=with_data, pool=pool)
         run.test = test
         return train(run, resume=resume, store=store)
-    return make_trainer(cfg, pool, threads, with_data=with_data, test=test, callbacks=callbacks).fit()
+    return make_trainer(cfg, pool, threads, with_data=with_data, test=test, callbacks=callbacks, resume=resume).fit()

@@ -32,6 +32,8 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from ..checkpoint import load_run_checkpoint
 from ..config import make_config
 from ..errors import CdkdError, ConfigError
+from ..resume import Resume
+from ..runlock import run_lock
 from ..search_space import Param, apply, parse_space
 from ..trainer import build, evaluate, prepare_selection
 from .launch import launch, make_pool
@@ -124,7 +126,8 @@ def run_trial(config: dict[str, Any], settings: SweepSettings) -> None:
     torch.set_num_threads(threads)
     pool = make_pool(cfg)
     try:
-        launch(cfg, pool, resume=True, threads=threads, with_data=cfg.probe.val_samples > 0, test=False,
+        # a trial may continue from another trial's checkpoint (a PBT exploit): its metrics may have a gap
+        launch(cfg, pool, resume=Resume(allow_gaps=True), threads=threads, with_data=cfg.probe.val_samples > 0, test=False,
                store=ReportedCheckpoints(ray.tune.report, ray.tune.get_checkpoint, ray.tune.Checkpoint),
                callbacks=[TuneReportCallback()])
     finally:
@@ -162,6 +165,11 @@ def run_sweep(s: SweepSettings, resume: bool = False) -> dict[str, Any]:
     """Run (or resume) the sweep; returns {rows, best, best_config_path, results_path}."""
     params = validate(s)
     os.makedirs(s.sweep_dir, exist_ok=True)
+    with run_lock(s.sweep_dir, "sweep", hint=" (Ctrl-C stops it; --resume continues it)"):  # one sweep per directory
+        return _run_sweep(s, params, resume)
+
+
+def _run_sweep(s: SweepSettings, params: list[Param], resume: bool) -> dict[str, Any]:
     s.sweep_dir = os.path.abspath(s.sweep_dir)
     base_cfg = absolute_paths(make_config(s.base))
     base_cfg.probe.path = os.path.abspath(base_cfg.probe.path or os.path.join(s.sweep_dir, "probe.pt"))  # one for all

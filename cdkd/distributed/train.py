@@ -6,6 +6,7 @@ Restore = rerun with the same run directory (= RunConfig storage_path/name).
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -24,6 +25,7 @@ from ..config import Config, make_config
 from ..data import resolve_root
 from ..engine import apply_ddp
 from ..errors import CdkdError
+from ..resume import Resume
 from ..trainer import build, default_run_dir, train
 from .teacher_actors import RayTeacherPool
 
@@ -133,15 +135,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     run.test = config.get("test", True)
     if world > 1:
         apply_ddp(run.distiller, sync_bn=cfg.distributed.sync_bn)
-    train(run, resume=True, store=ReportedCheckpoints(run_dir=cfg.run_dir))  # rank 0 writes result.json
+    out = train(run, resume=config.get("resume") or True, store=ReportedCheckpoints(run_dir=cfg.run_dir),
+                lock=False)  # rank 0 writes result.json; the driver holds the run directory's lock
+    if "interrupted" in out:  # stopped on the driver's request (its SIGINT/SIGTERM), after a checkpoint
+        with open(os.path.join(cfg.run_dir, "interrupted.json"), "w") as f:
+            json.dump(out, f)
 
 
 def make_trainer(cfg: Config, pool: RayTeacherPool | None = None, threads: int = 0, with_data: bool = True,
-                 test: bool = True, callbacks: list | None = None) -> TorchTrainer:
+                 test: bool = True, callbacks: list | None = None, resume: Any = None) -> TorchTrainer:
     """A TorchTrainer whose ScalingConfig/RunConfig come from `cfg.distributed`; output lives in cfg.run_dir.
 
     `with_data=False` skips the real data (evaluation, aggregation): a run on synthetic inputs only;
-    `test=False` skips only the test-split evaluation (sweep trials); `callbacks` go to the RunConfig.
+    `test=False` skips only the test-split evaluation (sweep trials); `callbacks` go to the RunConfig;
+    `resume`: a `cdkd.resume.Resume` passes its options (allow gaps, from good) to the workers.
     """
     cfg = absolute_paths(cfg)
     dc = cfg.distributed
@@ -152,7 +159,7 @@ def make_trainer(cfg: Config, pool: RayTeacherPool | None = None, threads: int =
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": cfg.to_dict(), "pool": pool, "threads": threads, "with_data": with_data,
-                           "test": test},
+                           "test": test, "resume": resume if isinstance(resume, Resume) else None},
         scaling_config=ScalingConfig(num_workers=dc.workers, use_gpu=dc.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(name=os.path.basename(run_dir), storage_path=os.path.dirname(run_dir),
                              failure_config=FailureConfig(max_failures=dc.max_failures),
