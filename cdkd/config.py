@@ -394,11 +394,11 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"config teachers[{i}]: kind {t.kind} needs arch (a {t.kind} model name)")
         if t.kind == "python" and not t.factory:
             raise ConfigError(f"config teachers[{i}]: kind python needs factory ('package.module:callable')")
-        if t.input_shape and (len(t.input_shape) != 3 or not all(isinstance(v, int) and v > 0
-                                                                 for v in t.input_shape)):
-            raise ConfigError(f"config teachers[{i}].input_shape={t.input_shape}: expected [C, H, W]")
         if len(t.mean) != len(t.std) or not all(isinstance(v, (int, float)) for v in t.mean + t.std) \
                 or any(v <= 0 for v in t.std):
             raise ConfigError(f"config teachers[{i}]: mean and std must be lists of numbers of one length "
                               "(std > 0)")
     check_elements(cfg)
+    for i, t in enumerate(cfg.teachers):
+        if t.input_shape and len(t.input_shape) != 3:
+            raise ConfigError(f"config teachers[{i}].input_shape={t.input_shape}: expected [C, H, W]")

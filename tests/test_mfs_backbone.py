@@ -126,10 +126,10 @@ def test_feature_projection_and_width():
     with torch.no_grad():
         before = m(x)
     n = m.deployed_params()
-    m.project_features_to(512)
+    m.project_features_to([512, 64, 128])  # header k to its own teacher's width
     with torch.no_grad():
         _, feats, logits = m(x, features=True)
-    assert feats.shape == (3, 2, 512) and torch.equal(logits, before)
+    assert [tuple(f.shape) for f in feats] == [(2, 512), (2, 64), (2, 128)] and torch.equal(logits, before)
     assert m.deployed_params() == n < num_params(m)
 
 

@@ -71,6 +71,22 @@ def stderr_of(tmp_path):
     return (tmp_path / "stderr.txt").read_text()
 
 
+def stop_job(proc, lines, sig, timeout=180, again=False, progress_timeout=180) -> int:
+    """Send `sig` after the job's first progress line (with `again`, a second one after the next progress
+    line) and return its exit code; the job is killed if it is still running afterwards."""
+    try:
+        next_progress(lines, progress_timeout)
+        proc.send_signal(sig)
+        if again:
+            next_progress(lines)  # the first is being handled (the iteration in progress finished): now a second
+            if proc.poll() is None:
+                proc.send_signal(sig)
+        return proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def test_second_run_on_a_run_directory_is_refused_with_the_pid(tmp_path, teacher_paths, data_root, capsys):
     config = job_config(tmp_path, teacher_paths, budget_s=10.0)  # the first run ends on its time budget
     first, _ = start_job(tmp_path, config, data_root)
@@ -96,13 +112,7 @@ def test_second_run_on_a_run_directory_is_refused_with_the_pid(tmp_path, teacher
 def test_sigint_checkpoints_exits_130_and_resume_continues(tmp_path, teacher_paths, data_root, capsys):
     config = job_config(tmp_path, teacher_paths)
     proc, lines = start_job(tmp_path, config, data_root)
-    try:
-        next_progress(lines)
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=180) == 130
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    assert stop_job(proc, lines, signal.SIGINT) == 130
     err = stderr_of(tmp_path)
     assert "Traceback" not in err, err
     last = err.strip().splitlines()[-1]
@@ -120,16 +130,7 @@ def test_sigint_checkpoints_exits_130_and_resume_continues(tmp_path, teacher_pat
 
 def test_two_quick_sigints_exit_130_without_a_traceback(tmp_path, teacher_paths, data_root):
     proc, lines = start_job(tmp_path, job_config(tmp_path, teacher_paths), data_root)
-    try:
-        next_progress(lines)
-        proc.send_signal(signal.SIGINT)
-        next_progress(lines)  # the first is being handled (the iteration in progress finished): now a second
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=180) == 130
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    assert stop_job(proc, lines, signal.SIGINT, again=True) == 130
     err = stderr_of(tmp_path)
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("interrupted: "), err
 
@@ -159,11 +160,12 @@ def test_sigterm_in_process_checkpoints_and_restores_the_handlers(tmp_path, teac
 
 
 def test_second_sigint_stops_at_once(tmp_path, teacher_paths):
+    before = signal.getsignal(signal.SIGINT)  # (an earlier in-process Ray Train run may have left its own)
     with pytest.raises(Interrupted, match="second SIGINT: stopped at once.*at iteration 2.*--resume") as e:
         train(signalling_run(teacher_paths, tmp_path / "run", 3, signal.SIGINT, signal.SIGINT))
     assert e.value.exit_code == 130
     assert load_run_checkpoint(str(tmp_path / "run" / "checkpoints" / "last.pt"))["engine"]["step"] == 2
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before
 
 
 def crashed_run(teacher_paths, run_dir, crash_at=3, ckpt_every=2):

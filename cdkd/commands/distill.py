@@ -13,6 +13,7 @@ unless the teachers are Ray actors). `jobs/cdfkd_mfs.py` is the same command, fo
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 
 from ..cli import add_config_args, parse, run_config
@@ -32,11 +33,9 @@ def distill(cfg: Config, resume: bool) -> dict:
                         "nor checkpoint_*); nothing to resume. Check --run_dir, or drop --resume to start anew")
     if dc.workers == 0 and dc.teacher_pool == "local":
         return train(build(cfg), resume=resume)
-    try:
-        import ray  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("ray") is None:  # (the training loop itself never needs ray)
         raise CdkdError("ray is not installed: pip install 'ray[default,train,tune]', or run in this process "
-                        "with --distributed.workers=0 --distributed.teacher_pool=local") from None
+                        "with --distributed.workers=0 --distributed.teacher_pool=local")
     from ..distributed.job import run_on_ray
     return run_on_ray(cfg, resume=resume, threads=max(1, int(dc.cpus_per_worker)))
 
