@@ -18,7 +18,8 @@ def make_pool(cfg: Config) -> RayTeacherPool | None:
 
 
 def launch(cfg: Config, pool: RayTeacherPool | None, *, resume: bool, threads: int = 0, with_data: bool = True,
-           test: bool = True, store: CheckpointStore | None = None, callbacks: list | None = None) -> Any:
+           test: bool = True, store: CheckpointStore | None = None, callbacks: list | None = None,
+           lock: bool = True) -> Any:
     """Run the engine: in this process with `distributed.workers: 0` (checkpoints in `store`, default the run
     directory; returns the result dict), else as a Ray Train run with `callbacks` (returns Ray's Result).
 
@@ -27,5 +28,5 @@ def launch(cfg: Config, pool: RayTeacherPool | None, *, resume: bool, threads: i
     if cfg.distributed.workers == 0:
         run = build(cfg, with_data=with_data, pool=pool)
         run.test = test
-        return train(run, resume=resume, store=store)
+        return train(run, resume=resume, store=store, lock=lock)
     return make_trainer(cfg, pool, threads, with_data=with_data, test=test, callbacks=callbacks, resume=resume).fit()

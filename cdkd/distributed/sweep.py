@@ -129,7 +129,9 @@ def run_trial(config: dict[str, Any], settings: SweepSettings) -> None:
         # a trial may continue from another trial's checkpoint (a PBT exploit): its metrics may have a gap
         launch(cfg, pool, resume=Resume(allow_gaps=True), threads=threads, with_data=cfg.probe.val_samples > 0, test=False,
                store=ReportedCheckpoints(ray.tune.report, ray.tune.get_checkpoint, ray.tune.Checkpoint),
-               callbacks=[TuneReportCallback()])
+               callbacks=[TuneReportCallback()],
+               lock=False)  # the sweep driver holds the sweep directory's lock; Tune owns the trial directories (a
+        # paused trial's old process may still hold a per-trial lock while its PBT successor starts)
     finally:
         if pool is not None:
             pool.shutdown()
