@@ -2,7 +2,8 @@
 
 A shared Linear(C -> 1) scores each header's logits; softmax over headers gives per-sample weights and
 the output is the weighted sum of header logits. Only the aggregator is trained (the student is frozen);
-the epoch is selected on a validation split of the N samples, never on the test set.
+the epoch is selected on a validation split of the N samples, never on the test set. Dense (segmentation)
+headers are weighted per pixel: the score reads each pixel's C logits, and void pixels (label >= C) are ignored.
 """
 from __future__ import annotations
 
@@ -22,8 +23,20 @@ class AttentionAggregator(nn.Module):
         self.score = nn.Linear(num_classes, 1)
 
     def forward(self, s: torch.Tensor) -> torch.Tensor:
-        alpha = F.softmax(self.score(s), dim=0)  # (K, B, 1): weights over headers, per sample
-        return (alpha * s).sum(0)                # (B, C)
+        if s.dim() >= 5:  # (K, B, C, H, W): per pixel
+            alpha = F.softmax(self.score(s.movedim(2, -1)), dim=0).movedim(-1, 2)  # (K, B, 1, H, W)
+        else:
+            alpha = F.softmax(self.score(s), dim=0)  # (K, B, 1): weights over headers, per sample
+        return (alpha * s).sum(0)                # (B, C[, H, W])
+
+
+def _void_ignored(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    return torch.where(y >= num_classes, torch.full_like(y, -100), y)
+
+
+def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+    keep = y >= 0
+    return (logits.argmax(1)[keep] == y[keep]).float().mean().item()
 
 
 def fit_aggregator(student: nn.Module, train: Dataset, num_samples: int, num_classes: int, val_fraction: float = 0.2,
@@ -32,7 +45,8 @@ def fit_aggregator(student: nn.Module, train: Dataset, num_samples: int, num_cla
     """Train the aggregator on N real samples (a seeded subset of `train`), select the epoch on a held-out split."""
     data = subset(train, num_samples, seed)
     with eval_mode(student):
-        logits, y = predictions(student, data, device=device)  # (K, N, C): the student is frozen, run it once
+        logits, y = predictions(student, data, device=device)  # (K, N, C[, H, W]): the student is frozen, run it once
+    y = _void_ignored(y, num_classes)
     n_val = max(1, int(round(val_fraction * num_samples)))
     s_tr, y_tr, s_val, y_val = logits[:, n_val:], y[n_val:], logits[:, :n_val], y[:n_val]
     torch.manual_seed(seed)
@@ -48,9 +62,9 @@ def fit_aggregator(student: nn.Module, train: Dataset, num_samples: int, num_cla
             loss.backward()
             opt.step()
         with torch.no_grad():
-            acc = (agg(s_val).argmax(-1) == y_val).float().mean().item()
+            acc = _accuracy(agg(s_val), y_val)
         if acc > best_acc:
             best_acc, best = acc, copy.deepcopy(agg.state_dict())
     agg.load_state_dict(best)
-    mean_acc = (s_val.mean(0).argmax(-1) == y_val).float().mean().item()
+    mean_acc = _accuracy(s_val.mean(0), y_val)
     return agg.to(device), {"agg_val_acc": best_acc, "mean_val_acc": mean_acc}

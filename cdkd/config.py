@@ -24,10 +24,12 @@ METHODS = ("cdfkd_mfs", "ddad", "mad", "cgdd")
 
 @dataclass
 class DataConfig:
-    name: str = "none"                # none (truly data-free) | mnist | cifar10 | cifar100 | imagefolder: real
+    name: str = "none"                # none (truly data-free) | mnist | cifar10 | cifar100 | imagefolder | camvid: real
                                       # data, for evaluation only
     root: str = ""                    # '' = $CDKD_DATA_DIR, else ./data, else ../shared/datasets
     download: bool = True             # fetch MNIST/CIFAR-10 with torchvision when missing and online
+    size: list = field(default_factory=list)  # [H, W] a resizable data set (camvid) is read at; [] = the
+                                      # teachers' input size
 
 
 @dataclass
@@ -206,7 +208,7 @@ CHOICES = {
     ("optim", "student"): ("sgd", "adam"), ("optim", "schedule"): ("cosine", "multistep", "none"),
     ("train", "amp"): ("bf16", "fp16", "none"), ("train", "amp_scope"): ("generator", "all", "auto"),
     ("train", "device"): ("auto", "cpu", "cuda"),
-    ("data", "name"): ("none", "mnist", "cifar10", "cifar100", "imagefolder"),
+    ("data", "name"): ("none", "mnist", "cifar10", "cifar100", "imagefolder", "camvid"),
     ("distributed", "teacher_pool"): ("local", "ray"),
     ("distributed", "placement"): ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
     ("distributed", "log_level"): ("DEBUG", "INFO", "WARNING", "ERROR"),

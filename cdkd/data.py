@@ -33,6 +33,8 @@ class ImageData:
     num_classes: int
     input_shape: tuple[int, int, int]
     norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # (mean, std) the images are normalised by
+    val: Dataset | None = None        # a held-out split for choices (CamVid's val/), where the data set has one
+    task: str = "classification"      # or "segmentation" (labels are (H, W) maps; cdkd.tasks)
 
 
 class Remapped(Dataset):
@@ -64,7 +66,8 @@ def in_space(data: ImageData, space) -> ImageData:
             return TensorDataset(x * scale + shift, y)
         return Remapped(ds, scale, shift)
     return ImageData(remap(data.train), remap(data.test), data.num_classes, data.input_shape,
-                     (tuple(space.mean), tuple(space.std)))
+                     (tuple(space.mean), tuple(space.std)), remap(data.val) if data.val is not None else None,
+                     data.task)
 
 
 def resolve_root(root: str = "") -> str:
@@ -249,7 +252,7 @@ def _download(root: str, name: str) -> str | None:
         return None
 
 
-def load_data(name: str, root: str = "", download: bool = True) -> ImageData:
+def load_data(name: str, root: str = "", download: bool = True, size: tuple[int, int] | None = None) -> ImageData:
     root = resolve_root(root)
     if name == "mnist":
         return load_mnist(root, download)
@@ -257,4 +260,21 @@ def load_data(name: str, root: str = "", download: bool = True) -> ImageData:
         return load_cifar(name, root, download)
     if name == "imagefolder":
         return load_imagefolder(root)
-    raise DataError(f"unknown dataset {name!r} (mnist, cifar10, cifar100, imagefolder)")
+    if name == "camvid":
+        return load_camvid(root, size)
+    raise DataError(f"unknown dataset {name!r} (mnist, cifar10, cifar100, imagefolder, camvid)")
+
+
+def load_camvid(root: str, size: tuple[int, int] | None = None) -> ImageData:
+    """CamVid at working size `size` (H, W; default 120x160): train/val labels resized with the images, test
+    labels at the files' size (mIoU is scored there). `num_classes` = 11 (void ignored)."""
+    from . import camvid
+    size = tuple(size or camvid.DEFAULT_SIZE)
+    d = camvid.find_root(root)
+    if d is None:
+        raise DataError(f"CamVid not found under {os.path.abspath(root)} (expected camvid/train.txt in the SegNet "
+                        f"layout); {_set_data_dir_hint()}")
+    train = camvid.load_split(d, "train", size)
+    val = camvid.load_split(d, "val", size, "file")
+    test = camvid.load_split(d, "test", size, "file")
+    return ImageData(train, test, len(camvid.CLASSES), (3, *size), camvid.NORM, val=val, task="segmentation")

@@ -176,7 +176,7 @@ class Distiller(nn.Module):
         tgt = tgt.to(x.device)
         with self.amp():
             stages, feats, s = self.student_fwd(x, features=True)
-        feats = [f.float() for f in feats] if isinstance(feats, list) else feats.float()
+        feats = [f.float() for f in feats] if isinstance(feats, list) else feats.float() if feats is not None else None
         loss, logs = student_objective(s.float(), feats, stages[:self.at_stages], tgt, y, self.lc)
         self._check_finite(loss, "student")
         self.opt_s.zero_grad(set_to_none=True)
@@ -202,7 +202,7 @@ class Distiller(nn.Module):
         """
         x, y, teachers = batch or self.generator_batch()
         with record_function("student.forward_g"), self.amp():  # plain student: only d/dx is wanted here
-            s = self.student(x).float()                                   # (H, B, C), student in train mode
+            s = self.student(x).float()                   # (H, B, C) or dense (H, B, C, h, w), student in train mode
         k = self.pool.num_teachers
         s_pair = s.expand(k, *s.shape[1:]) if s.shape[0] == 1 else s
         # 1. teacher side: each teacher's logits t_k, then (begun now) sum_k g_k given the student's logits

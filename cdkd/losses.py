@@ -1,6 +1,8 @@
 """Loss functions of the data-free KD methods, each a pure tensor function.
 
 Shapes: K teachers/headers, B batch, C classes, D feature dim. Multi-header tensors carry a leading K axis.
+Dense (segmentation) logits are (B, C, H, W), or (K, B, C, H, W): every class-wise loss here is then per pixel
+(`class_last` moves the class axis last; a tensor of 4 or more axes is dense, 2 or 3 are classification).
 Formulas follow ../shared/docs/algorithms.md (section numbers in the docstrings).
 """
 from __future__ import annotations
@@ -34,11 +36,19 @@ def feature_l1(fs: torch.Tensor | list[torch.Tensor], ft: torch.Tensor | list[to
                torch.zeros((), device=pairs[0][1].device)) / len(pairs)
 
 
+def class_last(t: torch.Tensor) -> torch.Tensor:
+    """Dense logits (..., B, C, H, W) as (..., B, H, W, C), so class-wise losses see one row per pixel;
+    classification logits (..., B, C) unchanged."""
+    return t.movedim(-3, -1) if t.dim() >= 4 else t
+
+
 def kl_div(t: torch.Tensor, s: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """tau^2 * KL(softmax(t/tau) || softmax(s/tau)), batch-mean, averaged over any leading axes.
 
-    Leading axes (e.g. K) are averaged: the result is (1/K) sum_k KL(t_k || s_k).
+    Leading axes (e.g. K) are averaged: the result is (1/K) sum_k KL(t_k || s_k); dense logits: the mean over
+    pixels too (per-pixel KL).
     """
+    t, s = class_last(t), class_last(s)
     c = t.shape[-1]
     log_pt = F.log_softmax(t.reshape(-1, c) / temperature, -1)
     log_ps = F.log_softmax(s.reshape(-1, c) / temperature, -1)
@@ -48,6 +58,8 @@ def kl_div(t: torch.Tensor, s: torch.Tensor, temperature: float = 1.0) -> torch.
 def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean CE of logits (..., B, C) against labels y (B,), averaged over leading axes (preset labels, CGDD)."""
     c = logits.shape[-1]
+    if logits.dim() >= 4:
+        raise ValueError("image-level preset labels have no per-pixel meaning (dense logits)")
     return F.cross_entropy(logits.reshape(-1, c), y.expand(*logits.shape[:-1]).reshape(-1))
 
 
@@ -102,12 +114,15 @@ def bn_stat_loss(terms: list[torch.Tensor], first_scale: float = 5.0) -> torch.T
 
 
 def dafl_onehot(t: torch.Tensor) -> torch.Tensor:
-    """L_oh = CE(t, argmax t): the teacher should be confident on synthetic inputs (spec 1.2)."""
+    """L_oh = CE(t, argmax t): the teacher should be confident on synthetic inputs (spec 1.2); dense: per pixel."""
+    t = class_last(t).reshape(-1, class_last(t).shape[-1])
     return F.cross_entropy(t, t.argmax(-1))
 
 
 def dafl_info_entropy(t: torch.Tensor) -> torch.Tensor:
-    """L_ie = sum_c p_c log10 p_c with p the batch-mean softmax: negative entropy (base 10), favours balance."""
+    """L_ie = sum_c p_c log10 p_c with p the batch-mean softmax: negative entropy (base 10), favours balance.
+    Dense: p is the mean over the batch's pixels."""
+    t = class_last(t).reshape(-1, class_last(t).shape[-1])
     p = F.softmax(t, -1).mean(0)
     return (p * torch.log(p.clamp_min(1e-12))).sum() / math.log(10)
 

@@ -8,7 +8,8 @@ range from ambiguous to prototypical. The same seed gives the same probe set, so
 judged on the same inputs, none of which it trained on. The teacher-ensemble logits are stored with the inputs.
 
 Metrics: `probe_agreement` = top-1 agreement of the student (mean of headers) with the teacher ensemble, and
-`probe_tv` = mean total-variation distance between their softmax outputs (lower is better).
+`probe_tv` = mean total-variation distance between their softmax outputs (lower is better); per pixel for dense
+teachers, whose probe generator is unconditional (image-level labels mean nothing per pixel).
 """
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ import os
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from .checkpoint import atomic_save
 from .config import Config, LossConfig, ProbeConfig
@@ -46,39 +46,43 @@ def build_probe(pool: TeacherPool, num_classes: int, input_shape: tuple[int, ...
     pc = cfg.probe
     steps = _snapshot_steps(pc)
     per_snapshot = [pc.samples // len(steps) + (j < pc.samples % len(steps)) for j in range(len(steps))]
-    spec = PoolSpec(LossConfig(w_adv=0.0, w_bn=pc.w_bn, bn_first=cfg.loss.bn_first, w_ce_gen=1.0),
+    # dense teachers: image-level preset labels mean nothing per pixel, so their probe generator is unconditional
+    # and follows the BN prior alone
+    dense = getattr(pool, "task", "classification") != "classification"
+    spec = PoolSpec(LossConfig(w_adv=0.0, w_bn=pc.w_bn, bn_first=cfg.loss.bn_first, w_ce_gen=0.0 if dense else 1.0),
                     num_teachers=pool.num_teachers)
     base = pick_generator(cfg.model.generator, input_shape, conditional=False)
-    name = "cond_generator_large" if "large" in base else "cond_generator32"  # the run's size class, conditional
+    name = base if dense else "cond_generator_large" if "large" in base else "cond_generator32"  # the run's size
     xs, ys = [], []
     device = torch.device(device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], device_type=device.type):
         torch.manual_seed(pc.seed)
         gen = create_model(name, nz=cfg.model.nz, ngf=cfg.model.ngf, img_size=tuple(input_shape[-2:]), nc=input_shape[0],
-                           num_classes=num_classes).to(device)
+                           **({} if dense else {"num_classes": num_classes})).to(device)
         if cfg.train.channels_last:  # the run's generator settings: bf16 + channels_last is ~5x faster on CPU
             gen = gen.to(memory_format=torch.channels_last)
         amp = lambda: autocast(device.type, cfg.train.amp)  # noqa: E731
         opt = torch.optim.Adam(gen.parameters(), 1e-3)
         labels = lambda n: (torch.arange(n, device=device) % num_classes)[torch.randperm(n, device=device)]  # noqa: E731
         for step in range(1, steps[-1] + 1):
-            y = labels(pc.batch_size)
+            y = None if dense else labels(pc.batch_size)
             with amp():
                 x = gen(torch.randn(pc.batch_size, cfg.model.nz, device=device), y).float().contiguous()
-            zeros = torch.zeros(pool.num_teachers, pc.batch_size, num_classes)  # (w_adv = 0: no student)
-            grad, _ = pool.generator_side(x.detach(), y, spec).backward(zeros).result()  # the probe's objective
+            teachers = pool.generator_side(x.detach(), y, spec)
+            zeros = torch.zeros_like(teachers.logits())  # (w_adv = 0: no student)
+            grad, _ = teachers.backward(zeros).result()  # the probe's objective
             opt.zero_grad(set_to_none=True)
             x.backward(grad.to(x.device))
             opt.step()
             if step in steps:
                 n = per_snapshot[steps.index(step)]
                 with torch.no_grad():
-                    y = labels(n)
+                    y = None if dense else labels(n)
                     with amp():
                         xs.append(gen(torch.randn(n, cfg.model.nz, device=device), y).float().cpu())
-                    ys.append(y.cpu())
+                    ys.append(y.cpu() if y is not None else torch.full((n,), -1))
     x = torch.cat(xs)
-    teacher_logits = torch.cat([pool.logits(x[i:i + 512]).float().cpu() for i in range(0, len(x), 512)], dim=1)
+    teacher_logits = torch.cat([pool.logits(x[i:i + 64]).float().cpu() for i in range(0, len(x), 64)], dim=1)
     return {"format": PROBE_FORMAT, "x": x, "labels": torch.cat(ys), "teacher_logits": teacher_logits,
             "input_shape": tuple(input_shape), "num_classes": num_classes, "seed": pc.seed, "steps": steps}
 
@@ -120,13 +124,13 @@ def ensure_probe(pool: TeacherPool, num_classes: int, input_shape: tuple[int, ..
 
 @torch.no_grad()
 def probe_metrics(student: torch.nn.Module, probe: dict[str, Any], device: torch.device | str = "cpu",
-                  batch_size: int = 512) -> dict[str, float]:
-    """Agreement (higher is better) and total-variation distance (lower) of student vs teacher ensemble."""
+                  task: Any = None, batch_size: int = 64) -> dict[str, float]:
+    """Agreement (higher is better) and total-variation distance (lower) of student vs teacher ensemble, per
+    input for classification and per pixel for dense teachers (`task.agreement`)."""
+    from .tasks import get_task
+    task = task or get_task("classification")
     x = probe["x"]
     with eval_mode(student):
         s = torch.cat([student(x[i:i + batch_size].to(device)).float().mean(0).cpu()
                        for i in range(0, len(x), batch_size)])
-    t = probe["teacher_logits"].mean(0)
-    agreement = (s.argmax(-1) == t.argmax(-1)).float().mean().item()
-    tv = 0.5 * (F.softmax(s, -1) - F.softmax(t, -1)).abs().sum(-1).mean().item()
-    return {"probe_agreement": agreement, "probe_tv": tv}
+    return task.agreement(s, probe["teacher_logits"].mean(0))

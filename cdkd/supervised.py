@@ -69,12 +69,15 @@ def train_classifier(model: nn.Module, train: Dataset, test: Dataset, epochs: in
 @torch.no_grad()
 def predictions(predict: Callable[[torch.Tensor], torch.Tensor], ds: Dataset, batch_size: int = 1000,
                 device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """Concatenated outputs of `predict` over a dataset, and its labels (outputs on CPU)."""
+    """Concatenated outputs of `predict` over a dataset, and its labels (outputs on CPU).
+
+    Outputs are (B, C) or (K, B, C), or dense (B, C, H, W) / (K, B, C, H, W): joined along their batch axis."""
     outs, labels = [], []
     for x, y in _loader(ds, batch_size, False):
         outs.append(predict(x.to(device)).float().cpu())
         labels.append(y)
-    return torch.cat(outs, dim=-2), torch.cat(labels)
+    dim = outs[0].dim() - (4 if outs[0].dim() >= 4 else 2)
+    return torch.cat(outs, dim=dim), torch.cat(labels)
 
 
 @contextmanager
@@ -101,5 +104,6 @@ def subset(ds: Dataset, n: int, seed: int = 0) -> TensorDataset:
     """A fixed random subset of n examples as an in-memory TensorDataset."""
     idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n]
     xs, ys = zip(*(ds[int(i)] for i in idx))
-    return TensorDataset(torch.stack(xs), torch.as_tensor(ys))
+    labels = torch.stack(ys) if isinstance(ys[0], torch.Tensor) and ys[0].dim() else torch.as_tensor(ys)
+    return TensorDataset(torch.stack(xs), labels)
 

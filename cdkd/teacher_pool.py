@@ -7,7 +7,7 @@ remote pool computes while the engine goes on:
   parts: the forward on x starts at the call (`logits()` collects t, (K, B, C)); `backward(s)`, given the
   student's paired logits, computes the summed teacher-side input gradient sum_k g_k. `spec` overrides the
   configured objective for this step only (the probe-set build trains its own generator on the same teachers);
-- `logits(x)`: plain no-grad logits (K, B, C) for evaluation.
+- `logits(x)`: plain no-grad logits (K, B, C), or (K, B, C, H, W) for dense teachers, for evaluation.
 
 `TeacherGroup` answers them for the teachers of one process. It *is* the in-process pool, and each Ray
 teacher actor (`cdkd.distributed.teacher_actors`) hosts one, so the two pools cannot differ in what they compute.
@@ -70,6 +70,7 @@ class TeacherPool(Protocol):
     fingerprint: str
     input_space: InputNorm | None     # the generator's input normalisation (None: the teachers' own, unknown)
     norms: list[InputNorm | None]     # each teacher's own normalisation, where known
+    task: str                         # classification | segmentation (`cdkd.tasks`), from the teachers' logits
 
     def configure(self, spec: PoolSpec) -> None: ...
     def describe(self, x: torch.Tensor) -> list[dict[str, Any]]: ...
@@ -127,6 +128,7 @@ class TeacherGroup(nn.Module):
         self.num_classes, self.input_shape = 0, tuple(teachers[0].input_shape or ()) if teachers else ()
         self.input_space: InputNorm | None = None
         self.norms = [t.norm for t in teachers]
+        self.task = getattr(teachers[0], "task", "classification") if teachers else "classification"
 
     @classmethod
     def validated(cls, teachers: list[Teacher], input_shape: tuple[int, ...] | None = None,
@@ -135,6 +137,7 @@ class TeacherGroup(nn.Module):
         each mapping inputs from the generator's space `space` (None: chosen from these teachers)."""
         group = cls(teachers)
         group.num_classes, group.input_shape = validate_teachers(teachers, input_shape, space)
+        group.task = teachers[0].task
         group.input_space = space or next((t.norm for t in teachers if t.norm is not None), None)
         return group
 

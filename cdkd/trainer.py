@@ -39,9 +39,12 @@ from .registry import MODELS
 from .resume import Resume, check_metrics, check_teachers, load_newest_good, prev_path, teacher_record
 from .resume import options as resume_options
 from .runlock import check_free, run_lock
-from .supervised import accuracy, eval_mode, predictions, subset
+from .supervised import eval_mode, subset
 from .teacher_pool import TeacherGroup, TeacherPool, fast_bf16
+from .tasks import Task, get_task
 from .teachers import load_teacher
+
+RESIZABLE = ("camvid",)  # data sets read at any size (`data.size`)
 
 
 @dataclass
@@ -55,6 +58,7 @@ class Run:
     test: bool = True                       # evaluate on the test split at the end (sweep trials: False)
     probe: dict[str, Any] | None = None     # set by `prepare_selection`
     val: Any = None                         # the optional labeled validation subset (train split)
+    task: Task = field(default_factory=lambda: get_task("classification"))
 
 
 def pick_device(name: str) -> torch.device:
@@ -86,12 +90,23 @@ def build(cfg: Config, with_data: bool = True, pool: TeacherPool | None = None,
     cfg = resolve_auto(cfg, device)
     if not cfg.teachers:
         raise ConfigError("no teachers configured (teachers: [{path: ...}, ...])")
-    data = load_data(cfg.data.name, cfg.data.root, cfg.data.download) if with_data and cfg.data.name != "none" \
-        else None
+    wants_data = with_data and cfg.data.name != "none"
+    size = tuple(cfg.data.size) or tuple(cfg.input_shape[1:]) or None
+    # a resizable data set (CamVid) with no size given is read at the teachers' size, so after loading them
+    data = load_data(cfg.data.name, cfg.data.root, cfg.data.download, size) \
+        if wants_data and (size or cfg.data.name not in RESIZABLE) else None
     requested = tuple(cfg.input_shape) or (tuple(data.input_shape) if data else None)
     if pool is None:
         pool = TeacherGroup.validated([load_teacher(spec) for spec in cfg.teachers], requested)
     num_classes, shape = pool.num_classes, pool.input_shape
+    if wants_data and data is None:
+        data = load_data(cfg.data.name, cfg.data.root, cfg.data.download, tuple(shape[1:]))
+    task = get_task(pool.task)
+    if data is not None and data.task != task.name:
+        raise CdkdError(f"the teachers are {task.name} models but data set {cfg.data.name!r} is for {data.task}")
+    if task.name != "classification" and (cfg.loss.w_ce > 0 or cfg.loss.w_ce_gen > 0 or cfg.loss.w_feat > 0):
+        raise ConfigError(f"{task.name} teachers: loss.w_ce, loss.w_ce_gen (image-level preset labels have no "
+                          "per-pixel meaning) and loss.w_feat (no pooled feature) must be 0")
     if data is not None and tuple(data.input_shape) != tuple(shape):
         raise CdkdError(f"teachers expect input {tuple(shape)} but data set {cfg.data.name!r} has "
                         f"{tuple(data.input_shape)}")
@@ -115,10 +130,10 @@ def build(cfg: Config, with_data: bool = True, pool: TeacherPool | None = None,
     pairing = pair_losses(pool, student, shape, cfg.loss)  # may add the student's feature projection, so first
     distiller = Distiller(cfg, pool, student, generator, num_classes, make_optimizers(cfg, student, generator),
                           pairing).to(device)
-    info = {"num_classes": num_classes, "student_params": distiller.student.deployed_params(),
+    info = {"task": task.name, "num_classes": num_classes, "student_params": distiller.student.deployed_params(),
             "teacher_params": pool.params, "teachers": pool.names, "input_shape": list(shape),
             "generator": gen_name, "student_input": student_input(pool)}
-    return Run(cfg, distiller, data, shape, device, info)
+    return Run(cfg, distiller, data, shape, device, info, task=task)
 
 
 def student_input(pool: TeacherPool) -> dict[str, Any]:
@@ -147,17 +162,10 @@ def student_kwargs(cfg: Config, pool: TeacherPool, num_classes: int, shape: tupl
 
 @torch.no_grad()
 def evaluate(run: Run, aggregator: nn.Module | None = None) -> dict[str, Any]:
-    """Test accuracy of each teacher, the teacher ensemble (mean logits), the student and its headers."""
-    d, dev = run.distiller, run.device
-    teacher_logits, y = predictions(lambda x: d.pool.logits(x).to(x.device), run.data.test, device=dev)
-    with eval_mode(d.student):
-        s, _ = predictions(d.student, run.data.test, device=dev)
-    acc = lambda logits: (logits.argmax(-1) == y).float().mean().item()  # noqa: E731
-    out = {"teacher_acc": [acc(t) for t in teacher_logits], "ensemble_acc": acc(teacher_logits.mean(0)),
-           "student_acc": acc(s.mean(0)), "header_acc": [acc(h) for h in s]}
-    if aggregator is not None:
-        out["student_acc_attention"] = acc(aggregator(s.to(dev)).cpu())
-    return out
+    """The task's test metrics of each teacher, the teacher ensemble (mean logits), the student and its headers."""
+    d = run.distiller
+    return run.task.evaluate(lambda x: d.pool.logits(x).to(x.device), d.student, run.data.test,
+                             run.info["num_classes"], run.device, aggregator)
 
 
 def prepare_selection(run: Run) -> None:
@@ -170,15 +178,17 @@ def prepare_selection(run: Run) -> None:
     if cfg.probe.val_samples:
         if run.data is None:
             raise ConfigError("probe.val_samples needs the data set (val samples come from its train split)")
-        run.val = subset(run.data.train, cfg.probe.val_samples, seed=cfg.probe.seed)
+        # a data set with its own held-out split (CamVid's val/) is scored there, else on a train subset
+        run.val = subset(run.data.val if run.data.val is not None else run.data.train, cfg.probe.val_samples,
+                         seed=cfg.probe.seed)
 
 
 def selection_metrics(run: Run) -> dict[str, float]:
     """What a sweep may select on: the data-free probe metrics, and val_acc if labeled samples were given."""
     d = run.distiller
-    out = probe_metrics(d.student, run.probe, run.device) if run.probe is not None else {}
+    out = probe_metrics(d.student, run.probe, run.device, run.task) if run.probe is not None else {}
     if run.val is not None:
-        out["val_acc"] = accuracy(d.student, run.val, run.device)
+        out[f"val_{run.task.metric}"] = run.task.score(d.student, run.val, run.info["num_classes"], run.device)
     return out
 
 
@@ -327,12 +337,13 @@ def train(run: Run, resume: bool | Resume = False, store: CheckpointStore | None
                         logs.update(selection_metrics(run))
                     if t.eval_every and it % t.eval_every == 0 and run.data is not None and run.test:
                         e0 = time.perf_counter()
-                        logs["student_acc"] = accuracy(d.student, run.data.test, run.device)  # a curve only
+                        logs[f"student_{run.task.metric}"] = run.task.score(  # a curve only
+                            d.student, run.data.test, run.info["num_classes"], run.device)
                         t0 += time.perf_counter() - e0  # a test-split report, not distillation: not wall time
                     metrics.log({"iteration": it, "time_s": elapsed, **logs})
                     progress.update(logs)
                     if it % t.sample_every == 0 or it == t.iterations:
-                        save_samples(d, os.path.join(rd, "samples", f"iter_{it:06d}.png"))
+                        save_samples(d, os.path.join(rd, "samples", f"iter_{it:06d}.png"), run.task)
                 if it % t.ckpt_every == 0:
                     checkpoint()
                 if stop and interrupted:
@@ -436,10 +447,15 @@ def check_same_run(saved: dict[str, Any], cfg: Config, where: str) -> None:
 
 
 @torch.no_grad()
-def save_samples(d: Distiller, path: str, n: int = 64) -> None:
+def save_samples(d: Distiller, path: str, task: Task, n: int = 64) -> None:
+    """A grid of generated images; for dense teachers each image beside the teachers' predicted label map."""
+    dense = task.name != "classification"
+    n = 16 if dense else n
     with local_batch_stats():  # rank 0 alone: no collectives
         x, _ = d.sample(d.generator, max(n, 2))
-    save_image(x[:n].float().cpu(), path, nrow=8, normalize=True)
+    x = x[:n]
+    t = d.pool.logits(x).float().cpu() if dense else None
+    save_image(task.sample_grid(x.float().cpu(), t), path, nrow=8)
 
 
 def fit_run_aggregator(run: Run) -> tuple[nn.Module, dict[str, Any]]:
@@ -472,7 +488,7 @@ def finish(run: Run, wall: float, stopped: str | None) -> dict[str, Any]:
     result["exported_onnx"] = exported["onnx"]
     with open(os.path.join(cfg.run_dir, "student.json"), "w") as f:  # what the exported student takes and gives
         json.dump({"input_shape": list(run.input_shape), **run.info["student_input"],
-                   "output": f"logits (batch, {run.info['num_classes']})", "teachers": run.info["teachers"],
+                   "output": run.task.output(run.info["num_classes"]), "teachers": run.info["teachers"],
                    "files": [p for p in (exported["pt2"], exported["onnx"]) if p]}, f, indent=2)
     with open(os.path.join(cfg.run_dir, "result.json"), "w") as f:
         json.dump(result, f, indent=2)
@@ -480,16 +496,18 @@ def finish(run: Run, wall: float, stopped: str | None) -> dict[str, Any]:
 
 
 def format_table(result: dict[str, Any]) -> str:
-    if "student_acc" not in result:  # a data-free run: the probe metric and the losses are the report
-        lines = ["data-free run (data.name: none): no test accuracy"]
-        lines += [f"{k:<34}{result[k]:>10.4f}" for k in ("probe_agreement", "probe_tv", "val_acc") if k in result]
+    m = "miou" if result.get("task") == "segmentation" else "acc"
+    if f"student_{m}" not in result:  # a data-free run: the probe metric and the losses are the report
+        lines = [f"data-free run (data.name: none): no test {'mIoU' if m == 'miou' else 'accuracy'}"]
+        lines += [f"{k:<34}{result[k]:>10.4f}" for k in ("probe_agreement", "probe_tv", f"val_{m}") if k in result]
         lines.append(f"student params {result['student_params']:,} / ensemble params {result['teacher_params']:,}")
         return "\n".join(lines)
-    rows = [(f"teacher {i}", a) for i, a in enumerate(result.get("teacher_acc", []))]
-    rows += [("teacher ensemble", result.get("ensemble_acc")), ("student (mean of headers)", result.get("student_acc"))]
-    if "student_acc_attention" in result:
-        rows.append(("student (attention aggregation)", result["student_acc_attention"]))
-    lines = [f"{'model':<34}{'test acc':>10}", "-" * 44]
+    rows = [(f"teacher {i}", a) for i, a in enumerate(result.get(f"teacher_{m}", []))]
+    rows += [("teacher ensemble", result.get(f"ensemble_{m}")),
+             ("student (mean of headers)", result.get(f"student_{m}"))]
+    if f"student_{m}_attention" in result:
+        rows.append(("student (attention aggregation)", result[f"student_{m}_attention"]))
+    lines = [f"{'model':<34}{'test ' + ('mIoU' if m == 'miou' else 'acc'):>10}", "-" * 44]
     lines += [f"{name:<34}{acc:>10.4f}" for name, acc in rows if acc is not None]
     if "probe_agreement" in result:
         lines.append(f"{'probe agreement (data-free)':<34}{result['probe_agreement']:>10.4f}")

@@ -1,8 +1,10 @@
-"""Test accuracy of an exported student (.pt2 or .onnx) on a real data set's test split.
+"""Test accuracy (or, for a segmentation student, mIoU) of an exported student (.pt2 or .onnx) on a real data
+set's test split.
 
     cdkd eval runs/x/student.pt2 --data-dir ../shared/datasets              # MNIST (the default)
     cdkd eval runs/x/student.onnx --dataset cifar10 --data-dir /data        # through onnxruntime
     cdkd eval student.pt2 --dataset imagefolder --data-dir DIR              # DIR/test/<class>/*.png, resized
+    cdkd eval runs/x/student.pt2 --dataset camvid                            # segmentation: test mIoU
 
 Needs no config, teachers or run directory: the student's input shape is read from the exported file (an
 ImageFolder is resized to it). Prints the accuracy, then one JSON line.
@@ -75,9 +77,15 @@ def evaluate(path: str, dataset: str = "mnist", data_dir: str = "", batch_size: 
     student = load_student(path)
     shape = student.input_shape
     data = (load_imagefolder(resolve_root(data_dir), image_size=shape[-1]) if dataset == "imagefolder"
-            else load_data(dataset, data_dir))
+            else load_data(dataset, data_dir, size=shape[1:] if dataset == "camvid" else None))
     if tuple(data.input_shape) != shape:
         raise CdkdError(f"{path} expects input {shape} but the {dataset} test images are {tuple(data.input_shape)}")
+    if data.task == "segmentation":  # mIoU over the classes, void ignored, at the label files' size
+        from ..tasks.segmentation import iou_from_confusion, mean_iou, segmentation_confusion
+        conf = segmentation_confusion(student.predict, data.test, data.num_classes, batch_size=16)
+        iou = iou_from_confusion(conf)
+        return {"student": path, "format": student.format, "dataset": dataset, "samples": len(data.test),
+                "miou": mean_iou(iou), "iou": [round(float(v), 4) for v in iou]}
     logits, y = predictions(student.predict, data.test, batch_size=batch_size)
     if logits.shape[-1] != data.num_classes:
         raise CdkdError(f"{path} predicts {logits.shape[-1]} classes but {dataset} has {data.num_classes}")
@@ -103,6 +111,10 @@ def main(argv: list[str] | None = None, prog: str = "cdkd eval") -> int:
         if args.batch_size < 1:
             raise CdkdError(f"--batch-size must be positive, got {args.batch_size}")
         out = evaluate(args.student, args.dataset, args.data_dir, args.batch_size)
+        if "miou" in out:
+            print(f"mIoU {out['miou']:.4f} ({out['samples']} {args.dataset} test images, {out['format']})")
+            print(json.dumps(out))
+            return 0
         print(f"accuracy {out['accuracy']:.4f} ({out['correct']}/{out['samples']} {args.dataset} test images, "
               f"{out['format']})")
         print(json.dumps(out))

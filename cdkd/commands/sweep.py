@@ -44,7 +44,8 @@ def parser(prog: str = "cdkd sweep") -> Parser:
     p.add_argument("--space", help="search space YAML (default: the method's loss weights, EMA momentum if any)")
     p.add_argument("--num-samples", type=int, default=8, help="trials")
     p.add_argument("--scheduler", default="asha", help="asha (default) | pbt | fifo")
-    p.add_argument("--metric", default="probe_agreement", help="probe_agreement (default) | probe_tv | val_acc")
+    p.add_argument("--metric", default="probe_agreement",
+                   help="probe_agreement (default) | probe_tv | val_acc | val_miou (segmentation)")
     p.add_argument("--max-concurrent", type=int, default=0, help="trials at a time (0 = as the CPUs allow)")
     p.add_argument("--grace-iterations", type=int, default=0, help="ASHA grace period (0 = iterations/4)")
     p.add_argument("--pbt-interval", type=int, default=0, help="PBT perturbation interval (0 = iterations/4)")

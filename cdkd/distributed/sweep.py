@@ -40,7 +40,7 @@ from .launch import launch, make_pool
 from .teacher_actors import num_actors
 from .train import CKPT_FILE, ReportedCheckpoints, absolute_paths
 
-METRICS = {"probe_agreement": "max", "probe_tv": "min", "val_acc": "max"}
+METRICS = {"probe_agreement": "max", "probe_tv": "min", "val_acc": "max", "val_miou": "max"}
 SCHEDULERS = ("asha", "pbt", "fifo")
 
 
@@ -86,8 +86,8 @@ def validate(s: SweepSettings) -> list[Param]:
         raise ConfigError(f"num_samples must be >= 1, got {s.num_samples}")
     params = parse_space(s.space, s.base)
     cfg = make_config(s.base)
-    if s.metric == "val_acc" and not cfg.probe.val_samples:
-        raise ConfigError("metric val_acc needs labeled samples: set probe.val_samples=N (from the train split)")
+    if s.metric in ("val_acc", "val_miou") and not cfg.probe.val_samples:
+        raise ConfigError(f"metric {s.metric} needs labeled samples: set probe.val_samples=N (from the train split)")
     if s.metric.startswith("probe") and not cfg.probe.samples:
         raise ConfigError(f"metric {s.metric} needs the probe set: probe.samples must be > 0")
     if s.scheduler == "pbt" and cfg.distributed.workers:
@@ -223,11 +223,11 @@ def _checkpoint_file(result) -> str | None:
 
 @torch.no_grad()
 def trial_test_accuracy(s: SweepSettings, values: dict[str, Any], ckpt_file: str) -> float:
-    """The report-only test accuracy of a trial's last checkpoint (after the selection is made)."""
+    """The report-only test accuracy (segmentation: mIoU) of a trial's last checkpoint (after the selection)."""
     cfg = trial_config(s.base, values, s.sweep_dir, "test-eval")
     run = build(cfg)
     run.distiller.load_state(load_run_checkpoint(ckpt_file)["engine"])
-    return evaluate(run)["student_acc"]
+    return evaluate(run)[f"student_{run.task.metric}"]
 
 
 def summarise(s: SweepSettings, params: list[Param], grid) -> dict[str, Any]:

@@ -58,7 +58,7 @@ class TeacherActor:
             return {"error": str(e)}
         self.group = TeacherGroup(teachers).to(self.device)
         return {"num_classes": num_classes, "input_shape": shape, "names": [t.name for t in teachers],
-                "pid": os.getpid(),
+                "pid": os.getpid(), "task": teachers[0].task,
                 "state_hashes": [t.state_hash for t in teachers],
                 "params": sum(p.numel() for t in teachers for p in t.parameters()),
                 "norms": [t.norm for t in teachers],
@@ -165,12 +165,17 @@ class RayTeacherPool:
                 self.shutdown()
                 raise TeacherError(f"teacher {info['names'][0]!r} predicts {info['num_classes']} classes but "
                                    f"{ref['names'][0]!r} predicts {ref['num_classes']}")
+            if info["task"] != ref["task"]:
+                self.shutdown()
+                raise TeacherError(f"teacher {info['names'][0]!r} is a {info['task']} model but "
+                                   f"{ref['names'][0]!r} is a {ref['task']} model")
             if tuple(info["input_shape"]) != tuple(ref["input_shape"]):
                 self.shutdown()
                 raise TeacherError(f"teacher {info['names'][0]!r} expects input {tuple(info['input_shape'])} but "
                                    f"{ref['names'][0]!r} expects {tuple(ref['input_shape'])}")
         self.num_teachers = len(specs)
         self.num_classes, self.input_shape = ref["num_classes"], tuple(ref["input_shape"])
+        self.task = ref["task"]
         self.names = [n for info in infos for n in info["names"]]
         self.params = sum(info["params"] for info in infos)
         self.fingerprint = fingerprint(self.names, [h for info in infos for h in info["state_hashes"]])

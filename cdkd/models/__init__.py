@@ -10,7 +10,7 @@ from typing import Any
 import torch.nn as nn
 
 from ..registry import MODELS
-from . import generators, lenet, mfs_backbone, resnet, students, wide_resnet  # noqa: F401  (registration side effects)
+from . import generators, lenet, mfs_backbone, resnet, segmentation, students, wide_resnet  # noqa: F401 (registers)
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from ..errors import TeacherError, first_line
+from ..tasks import task_of
 from . import exported, native, python_class, timm_models, torchscript, torchvision_models  # noqa: F401 (kinds)
 from .base import KINDS, InputNorm, Loaded, Teacher, TeacherOutput, state_hash, teacher_name
 from .native import CHECKPOINT_FORMAT, load_cdkd, save_classifier
@@ -70,7 +71,8 @@ def resolve_shape(teachers: list[Teacher], input_shape: tuple[int, ...] | None =
 
 def validate_teachers(teachers: list[Teacher], input_shape: tuple[int, ...] | None = None,
                       space: InputNorm | None = None) -> tuple[int, tuple[int, ...]]:
-    """Check that all teachers take one input shape and predict one class count; set their input space.
+    """Check that all teachers take one input shape, do one task and predict one class count; set their input
+    space and `task` (from the shape of their logits: `cdkd.tasks.task_of`).
 
     Returns (num_classes, input_shape). Raises TeacherError naming the teachers that disagree.
     """
@@ -91,12 +93,17 @@ def validate_teachers(teachers: list[Teacher], input_shape: tuple[int, ...] | No
                 out = t(torch.zeros(2, *shape))
             except Exception as e:  # noqa: BLE001
                 raise TeacherError(f"teacher {t.name!r} fails on input {tuple(shape)}: {first_line(e)}") from None
-            if not isinstance(out.logits, torch.Tensor) or out.logits.dim() != 2:
+            task = task_of(out.logits)
+            if task is None:
                 got = type(out.logits).__name__ if not isinstance(out.logits, torch.Tensor) \
                     else f"a tensor of shape {tuple(out.logits.shape)}"
-                raise TeacherError(f"teacher {t.name!r} returns {got}; a classifier teacher must return logits "
-                                   "(B, C)")
-            classes.append((out.logits.shape[-1], t.name))
+                raise TeacherError(f"teacher {t.name!r} returns {got}; a teacher must return logits (B, C) "
+                                   "(classification) or (B, C, H, W) (segmentation)")
+            t.task = task.name
+            if t.task != teachers[0].task:
+                raise TeacherError(f"teacher {t.name!r} is a {t.task} model but {teachers[0].name!r} is a "
+                                   f"{teachers[0].task} model")
+            classes.append((out.logits.shape[1], t.name))
             if classes[-1][0] != classes[0][0]:
                 raise TeacherError(f"teacher {t.name!r} predicts {classes[-1][0]} classes but {classes[0][1]!r} "
                                    f"predicts {classes[0][0]}")

@@ -47,10 +47,32 @@ class Loaded:
 
 @dataclass
 class TeacherOutput:
-    logits: torch.Tensor                      # (B, C)
+    logits: torch.Tensor                      # (B, C), or (B, C, H, W) for a dense (segmentation) teacher
     pooled: torch.Tensor | None = None        # (B, D) penultimate feature, None if the teacher cannot give it
     stages: list[torch.Tensor] = field(default_factory=list)  # per-stage feature maps (B, C_j, H_j, W_j)
     bn_terms: list[torch.Tensor] = field(default_factory=list)  # r_l per BN layer, in module order
+
+
+class DenseOutputs(nn.Module):
+    """A cdkd dense model (`outputs(x) -> (stages, None, logits (B, C, H, W))`), as it is."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def outputs(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor | None, torch.Tensor]:
+        return self.model.outputs(x)
+
+
+class OutDictOutputs(nn.Module):
+    """torchvision's segmentation models: `model(x)['out']` (B, C, H, W); logits only."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def outputs(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor | None, torch.Tensor]:
+        return [], None, self.model(x)["out"]
 
 
 class ClassifierOutputs(nn.Module):
@@ -131,6 +153,7 @@ class Teacher(nn.Module):
         self.norm = loaded.norm
         self.dropped = loaded.dropped
         self.meta = loaded.meta
+        self.task = "classification"  # set from its logits by `validate_teachers` (cdkd.tasks)
         self._bn_terms: list[torch.Tensor] | None = None
         self._global_batch = False
         bns = [m for m in self.model.modules() if isinstance(m, _BatchNorm)]

@@ -8,7 +8,7 @@ import torch.nn as nn
 from ..data import STATS
 from ..errors import CdkdError, TeacherError, first_line
 from ..models import create_model
-from .base import KINDS, ClassifierOutputs, InputNorm, Loaded, norm_from, torch_load
+from .base import KINDS, ClassifierOutputs, DenseOutputs, InputNorm, Loaded, norm_from, torch_load
 
 CHECKPOINT_FORMAT = "cdkd-classifier/1"
 
@@ -47,4 +47,5 @@ def load_cdkd(path: str) -> tuple[nn.Module, tuple[int, ...], dict[str, Any], In
 @KINDS.register
 def cdkd(spec: Any) -> Loaded:
     model, shape, meta, norm = load_cdkd(spec.path)
-    return Loaded(ClassifierOutputs(model), shape, True, norm_from(spec, norm, shape[0]), meta)
+    adapter = DenseOutputs(model) if getattr(model, "dense", False) else ClassifierOutputs(model)
+    return Loaded(adapter, shape, True, norm_from(spec, norm, shape[0]), meta)
