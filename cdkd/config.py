@@ -107,6 +107,8 @@ class TrainConfig:
     ckpt_every: int = 100
     sample_every: int = 200
     eval_every: int = 0               # evaluate on the test split every N iterations (0 = only at the end)
+    keep_best: str = "none"           # none | val | probe: the reported and exported student is the checkpoint with
+                                      # the best val metric (probe.val_samples, never test) or probe agreement
 
 
 @dataclass
@@ -207,7 +209,7 @@ CHOICES = {
     ("loss", "student_loss"): ("l1", "kl"), ("loss", "adv_loss"): ("l1", "kl"),
     ("optim", "student"): ("sgd", "adam"), ("optim", "schedule"): ("cosine", "multistep", "none"),
     ("train", "amp"): ("bf16", "fp16", "none"), ("train", "amp_scope"): ("generator", "all", "auto"),
-    ("train", "device"): ("auto", "cpu", "cuda"),
+    ("train", "device"): ("auto", "cpu", "cuda"), ("train", "keep_best"): ("none", "val", "probe"),
     ("data", "name"): ("none", "mnist", "cifar10", "cifar100", "imagefolder", "camvid"),
     ("distributed", "teacher_pool"): ("local", "ray"),
     ("distributed", "placement"): ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
@@ -384,6 +386,10 @@ def validate(cfg: Config) -> None:
     if cfg.input_shape and (len(cfg.input_shape) != 3 or not all(isinstance(v, int) and v > 0
                                                                for v in cfg.input_shape)):
         raise ConfigError(f"config input_shape={cfg.input_shape}: expected [C, H, W], three positive integers")
+    if cfg.train.keep_best == "val" and not cfg.probe.val_samples:
+        raise ConfigError("config train.keep_best=val needs probe.val_samples > 0 (labeled held-out samples)")
+    if cfg.train.keep_best == "probe" and not cfg.probe.samples:
+        raise ConfigError("config train.keep_best=probe needs probe.samples > 0")
     if cfg.aggregation.num_samples and cfg.data.name == "none":
         raise ConfigError("config aggregation.num_samples needs labeled samples: set data.name (it is 'none')")
     from .teachers import KINDS  # (the teacher kinds import torch models: not at config import)

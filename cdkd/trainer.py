@@ -296,6 +296,7 @@ def train(run: Run, resume: bool | Resume = False, store: CheckpointStore | None
         teachers = teacher_record(d.pool, cfg)
 
         saved_at = d.step if state is not None else -1  # the iteration of the newest checkpoint
+        best = state.get("best") if state is not None else None  # train.keep_best: the best student so far
 
         def checkpoint() -> None:
             nonlocal saved_at
@@ -306,7 +307,7 @@ def train(run: Run, resume: bool | Resume = False, store: CheckpointStore | None
                 metrics.flush()
             wall = wall0 + time.perf_counter() - t0
             store.save({"engine": d.state(), "rng": rng_state(), "config": cfg.to_dict(), "wall_s": wall,
-                        "teachers": teachers} if main else None, {"iteration": d.step, **last})
+                        "teachers": teachers, "best": best} if main else None, {"iteration": d.step, **last})
             saved_at = d.step
 
         t = cfg.train
@@ -335,6 +336,7 @@ def train(run: Run, resume: bool | Resume = False, store: CheckpointStore | None
                 if main:
                     if it % t.ckpt_every == 0 or it == t.iterations or stop:  # every checkpoint carries the metric
                         logs.update(selection_metrics(run))
+                        best = keep_if_best(best, logs, it, d.student, t.keep_best, run.task.metric)
                     if t.eval_every and it % t.eval_every == 0 and run.data is not None and run.test:
                         e0 = time.perf_counter()
                         logs[f"student_{run.task.metric}"] = run.task.score(  # a curve only
@@ -368,7 +370,7 @@ def train(run: Run, resume: bool | Resume = False, store: CheckpointStore | None
                               f"{resume_hint(rd)}", signals.exit_code if signals.signum else 143)
         if interrupted:  # a Ray Train worker asked to stop by its driver: the driver reports it
             return {"interrupted": d.step} if main else {}
-        return finish(run, wall, stopped) if main else {}
+        return finish(run, wall, stopped, best) if main else {}
 
 
 STOP_FILE = ".stop"
@@ -466,10 +468,35 @@ def fit_run_aggregator(run: Run) -> tuple[nn.Module, dict[str, Any]]:
                           a.val_fraction, a.epochs, a.lr, a.batch_size, run.cfg.train.seed, run.device)
 
 
-def finish(run: Run, wall: float, stopped: str | None) -> dict[str, Any]:
+def selection_key(keep_best: str, metric: str) -> str | None:
+    """The metric `train.keep_best` selects on: val_<metric> (held-out labels) or probe_agreement (data-free)."""
+    return {"val": f"val_{metric}", "probe": "probe_agreement"}.get(keep_best)
+
+
+def keep_if_best(best: dict[str, Any] | None, logs: dict[str, float], it: int, student: nn.Module,
+                 keep_best: str, metric: str) -> dict[str, Any] | None:
+    """The best checkpoint's record ({on, iteration, value, student weights}) after this one's metrics.
+
+    Early stopping on a held-out metric: the curve of a data-free student is noisy (an adversarial game), so the
+    last iterate is not always the best one; the choice never looks at the test split."""
+    key = selection_key(keep_best, metric)
+    if key is None or key not in logs or logs[key] != logs[key]:
+        return best
+    if best is None or logs[key] > best["value"]:
+        return {"on": key, "iteration": it, "value": float(logs[key]),
+                "student": {k: v.detach().cpu().clone() for k, v in student.state_dict().items()}}
+    return best
+
+
+def finish(run: Run, wall: float, stopped: str | None, best: dict[str, Any] | None = None) -> dict[str, Any]:
     cfg, d = run.cfg, run.distiller
     result: dict[str, Any] = {"method": cfg.method, "iterations": d.step, "distill_wall_s": round(wall, 1),
                               **run.info}
+    if best is not None:  # report and export the selected checkpoint's student (the run's state stays the last)
+        d.student.load_state_dict(best["student"])
+        result["selected"] = {"on": best["on"], "iteration": best["iteration"], "value": round(best["value"], 4)}
+        print(f"[cdkd] keep_best: the student of iteration {best['iteration']} ({best['on']} "
+              f"{best['value']:.4f}; last iteration {d.step})")
     aggregator = None
     result.update(selection_metrics(run))
     if run.data is not None and run.test:
