@@ -85,7 +85,7 @@ class OptimConfig:
     weight_decay: float = 5e-4
     generator_lr: float = 1e-3
     schedule: str = "cosine"          # cosine | multistep | none, stepped per iteration
-    milestones: list = field(default_factory=lambda: [0.33, 0.67])  # fractions of iterations (multistep)
+    milestones: list = field(default_factory=lambda: [1 / 3, 2 / 3])  # fractions of iterations (multistep)
     grad_clip: float = 0.0            # generator gradient-norm clip (0 = off)
 
 

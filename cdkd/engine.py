@@ -32,7 +32,8 @@ def build_scheduler(opt: torch.optim.Optimizer, cfg: Config) -> torch.optim.lr_s
     if cfg.optim.schedule == "cosine":
         return torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 0.5 * (1 + math.cos(math.pi * min(it, n) / n)))
     if cfg.optim.schedule == "multistep":
-        return torch.optim.lr_scheduler.MultiStepLR(opt, [int(f * n) for f in cfg.optim.milestones], 0.1)
+        # floor(f n), robust to float error: 0.29 * 100 is 28.999999999999996, and the milestone is 29
+        return torch.optim.lr_scheduler.MultiStepLR(opt, [int(f * n + 1e-9) for f in cfg.optim.milestones], 0.1)
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 1.0)
 
 

@@ -90,12 +90,19 @@ def autocast(device_type: str, amp: str) -> torch.autocast | nullcontext:
 
 
 def fast_bf16(device: torch.device) -> bool:
-    """Whether bf16 convolutions beat fp32 here: on CUDA, and on CPUs with AMX tiles (oneDNN's bf16 kernels).
+    """Whether bf16 convolutions beat fp32 here, as the device reports it: a CUDA device with native bf16
+    (`torch.cuda.is_bf16_supported` without emulation: compute capability 8.0+, or ROCm), or a CPU with AMX
+    tiles (oneDNN's bf16 kernels).
 
-    Without AMX (avx512_bf16 alone) bf16 convolutions measured 1.5x slower than fp32 (README "CIFAR").
+    Without AMX (avx512_bf16 alone) bf16 convolutions measured 1.5x slower than fp32 (README "CIFAR"); emulated
+    bf16 on an older GPU is slower than fp32 too.
     """
     if device.type == "cuda":
-        return True
+        try:  # (no driver, a bad index: not fast)
+            with torch.cuda.device(device) if device.index is not None else nullcontext():
+                return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+        except Exception:  # noqa: BLE001 - a capability probe: any failure means "no fast bf16 here"
+            return False
     is_amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
     return bool(is_amx and is_amx())
 
