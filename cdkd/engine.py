@@ -1,4 +1,6 @@
-"""The distillation engine: one iteration = `student_steps` student steps, then one generator step.
+"""The distillation engine: one iteration = `student_steps` student steps and one generator step, in the order
+of `train.loop` (DFAD: student steps first, each on a fresh batch; ABM: the generator step first, then the student
+steps on one batch of the updated generator).
 
 Plain PyTorch, no I/O: the run loop (`cdkd.trainer`) and Ray Train only place and drive it. The teachers sit
 behind a `TeacherPool` (in-process or Ray actors); under torch.distributed, `apply_ddp` wraps student and
@@ -23,7 +25,7 @@ from .global_bn import convert_global_batchnorm
 from .models.students import as_student
 from .objectives import Targets, student_objective, student_side
 from .supervised import eval_mode
-from .teacher_pool import PoolSpec, TeacherGroup, TeacherPool, TeacherStep, autocast
+from .teacher_pool import Pending, PoolSpec, TeacherGroup, TeacherPool, TeacherStep, autocast
 from .teachers import Teacher
 
 
@@ -141,8 +143,8 @@ class Distiller(nn.Module):
             return nullcontext()
         return autocast(next(self.student.parameters()).device.type, self.cfg.train.amp)
 
-    def sample(self, generator: nn.Module, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x = G(z[, y]) with z ~ N(0, I) and, for a conditional G, class-balanced preset labels y.
+    def latent(self, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """z ~ N(0, I) and, for a conditional G, class-balanced preset labels y: this rank's shard.
 
         `n` is the global batch: every rank draws the same z (same seed) and keeps its own shard of it,
         so N workers see exactly the inputs of one worker with the same global batch.
@@ -155,6 +157,12 @@ class Distiller(nn.Module):
         if self.world_size > 1:
             shard = slice(self.rank * n // self.world_size, (self.rank + 1) * n // self.world_size)
             z, y = z[shard], (y[shard] if y is not None else None)
+        return z, y
+
+    def sample(self, generator: nn.Module, n: int, latent: tuple[torch.Tensor, torch.Tensor | None] | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x = G(z[, y]) for a fresh `latent(n)`, or for the given one (ABM regenerates its batch from the same z)."""
+        z, y = latent or self.latent(n)
         with self.amp("generator"):
             x = generator(z, y)
         fmt = torch.channels_last if self.cfg.train.channels_last and self.cfg.train.amp_scope == "all" \
@@ -162,34 +170,52 @@ class Distiller(nn.Module):
         return x.float().contiguous(memory_format=fmt), y
 
     @torch.no_grad()
-    def student_batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """One student batch from G (and, for MAD, a second half from the slow-moving EMA generator)."""
-        b = self.cfg.train.batch_size
+    def draw(self, generator: nn.Module, latent: tuple[torch.Tensor, torch.Tensor | None] | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A student-side batch (no graph to G) of the global batch size from `generator` (G or the EMA copy)."""
         with record_function("generator.sample"):
-            x, y = self.sample(self.generator_fwd, b)
-            if self.ema is not None:
-                x2, y2 = self.sample(self.ema.module, b)
-                x, y = torch.cat([x, x2]), (torch.cat([y, y2]) if y is not None else None)
+            return self.sample(generator, self.cfg.train.batch_size, latent)
+
+    def student_batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One DFAD-loop student batch from G (and, for MAD, a second half from the slow-moving EMA generator)."""
+        x, y = self.draw(self.generator_fwd)
+        if self.ema is not None:
+            x2, y2 = self.draw(self.ema.module)
+            x, y = torch.cat([x, x2]), (torch.cat([y, y2]) if y is not None else None)
         return x, y
 
     @record_function("student.step")
-    def student_step(self, x: torch.Tensor, y: torch.Tensor | None, tgt: Targets) -> dict[str, float]:
-        tgt = tgt.to(x.device)
+    def student_step(self, x: torch.Tensor, y: torch.Tensor | None, tgt: Targets,
+                     ema: tuple[torch.Tensor, torch.Tensor | None, Targets] | None = None) -> dict[str, float]:
+        """One student step on x; with `ema` (the ABM loop's EMA batch and its targets) the loss is MAD's
+        D(x) + D(EMA batch), taken in one forward over both (student BN statistics over the two)."""
+        tgt, parts = tgt.to(x.device), 1
+        if ema is not None:
+            x_e, y_e, tgt_e = ema
+            x, y = torch.cat([x, x_e]), (torch.cat([y, y_e]) if y is not None else None)
+            tgt, parts = Targets.cat([tgt, tgt_e.to(x.device)]), 2
         with self.amp():
             stages, feats, s = self.student_fwd(x, features=True)
         feats = [f.float() for f in feats] if isinstance(feats, list) else feats.float() if feats is not None else None
         loss, logs = student_objective(s.float(), feats, stages[:self.at_stages], tgt, y, self.lc)
+        # every term is a batch mean, so the sum over `parts` equal batches is parts x the mean over all of them
+        loss = loss * parts
+        logs["loss_s"] = loss.item()
         self._check_finite(loss, "student")
         self.opt_s.zero_grad(set_to_none=True)
         self.scaler_s.scale(loss).backward()
+        if self.cfg.optim.student_grad_clip > 0:
+            self.scaler_s.unscale_(self.opt_s)
+            nn.utils.clip_grad_norm_(self.student.parameters(), self.cfg.optim.student_grad_clip)
         self.scaler_s.step(self.opt_s)
         self.scaler_s.update()
         return logs
 
-    def generator_batch(self) -> tuple[torch.Tensor, torch.Tensor | None, TeacherStep]:
+    def generator_batch(self, latent: tuple[torch.Tensor, torch.Tensor | None] | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor | None, TeacherStep]:
         """x = G(z[, y]) for the generator step, keeping its graph to G, and the teachers' forward on x (begun)."""
         with record_function("generator.forward"):
-            x, y = self.sample(self.generator_fwd, self.cfg.train.batch_size)
+            x, y = self.sample(self.generator_fwd, self.cfg.train.batch_size, latent)
         with record_function("teachers.generator_forward"):
             return x, y, self.pool.generator_side(x.detach(), y)
 
@@ -236,28 +262,62 @@ class Distiller(nn.Module):
         return {"loss_g": total, "g_adv": adv, "g_prior": prior}
 
     def train_iteration(self) -> dict[str, float]:
-        """student_steps student steps on fresh samples, then one generator step; schedulers step per iteration."""
+        """One iteration in the order of `train.loop` (both made of the same steps); schedulers step once."""
         self.student.train()
         self.generator.train()
-        logs: dict[str, float] = {}
-        # G is fixed until the generator step, so every input of this iteration is drawn first and goes to the
-        # teachers as soon as it exists: a remote pool computes the student targets and the teachers' forward
-        # of the generator step while the engine draws and steps the student.
-        batches = []
-        for _ in range(self.cfg.train.student_steps):
-            x, y = self.student_batch()
-            batches.append((x, y, self.pool.targets(x)))
-        generator_batch = self.generator_batch()
-        for x, y, pending in batches:
-            with record_function("teachers.targets"):
-                tgt = pending.result()
-            for key, v in self.student_step(x, y, tgt).items():
-                logs[key] = logs.get(key, 0.0) + v / self.cfg.train.student_steps
-        logs.update(self.generator_step(generator_batch))
+        logs = self.abm_iteration() if self.cfg.train.loop == "abm" else self.dfad_iteration()
         self.sched_s.step()
         self.sched_g.step()
         self.step += 1
         logs["lr_s"] = self.sched_s.get_last_lr()[0]
+        return logs
+
+    def dfad_iteration(self) -> dict[str, float]:
+        """DFAD/CDFKD-MFS order: student_steps student steps, each on a fresh batch, then one generator step.
+
+        G is fixed until the generator step, so every input of this iteration is drawn first and goes to the
+        teachers as soon as it exists: a remote pool computes the student targets and the teachers' forward
+        of the generator step while the engine draws and steps the student.
+        """
+        batches = []
+        for _ in range(self.cfg.train.student_steps):
+            x, y = self.student_batch()
+            batches.append((x, y, self.pool.targets(x), None))
+        generator_batch = self.generator_batch()
+        logs = self.student_phase(batches)
+        logs.update(self.generator_step(generator_batch))
+        return logs
+
+    def abm_iteration(self) -> dict[str, float]:
+        """ABM/ZSKT order (spec 1.2, MAD 4.2): one generator step on G(z), then student_steps student steps on
+        G(z) regenerated (same z) by the updated G, whose teacher targets are computed once: G is fixed during
+        the student steps, so every step sees the same x. With an EMA generator (MAD), updated by the generator
+        step, each student step also gets a fresh EMA batch with its own targets (all sent to the teachers at once).
+        """
+        latent = self.latent(self.cfg.train.batch_size)
+        logs = self.generator_step(self.generator_batch(latent))
+        x, y = self.draw(self.generator_fwd, latent)
+        targets = self.pool.targets(x)
+        ema: list[tuple | None] = [None] * self.cfg.train.student_steps
+        if self.ema is not None:
+            for i in range(len(ema)):
+                x_e, y_e = self.draw(self.ema.module)
+                ema[i] = (x_e, y_e, self.pool.targets(x_e))
+        logs.update(self.student_phase([(x, y, targets, e) for e in ema]))
+        return logs
+
+    def student_phase(self, batches: list[tuple[torch.Tensor, torch.Tensor | None, Pending[Targets], tuple | None]]
+                      ) -> dict[str, float]:
+        """One student step per (x, y, pending targets, EMA batch or None), targets collected just before each
+        step; the logs are averaged over the steps."""
+        logs: dict[str, float] = {}
+        for x, y, pending, ema in batches:
+            with record_function("teachers.targets"):
+                tgt = pending.result()
+                if ema is not None:
+                    ema = (ema[0], ema[1], ema[2].result())
+            for key, v in self.student_step(x, y, tgt, ema).items():
+                logs[key] = logs.get(key, 0.0) + v / len(batches)
         return logs
 
     def _check_finite(self, loss: torch.Tensor, which: str) -> None:

@@ -42,17 +42,19 @@ def class_last(t: torch.Tensor) -> torch.Tensor:
     return t.movedim(-3, -1) if t.dim() >= 4 else t
 
 
-def kl_div(t: torch.Tensor, s: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def kl_div(t: torch.Tensor, s: torch.Tensor, temperature: float = 1.0, reduction: str = "batchmean") -> torch.Tensor:
     """tau^2 * KL(softmax(t/tau) || softmax(s/tau)), batch-mean, averaged over any leading axes.
 
     Leading axes (e.g. K) are averaged: the result is (1/K) sum_k KL(t_k || s_k); dense logits: the mean over
-    pixels too (per-pixel KL).
+    pixels too (per-pixel KL). `reduction="mean"` divides by the C classes as well: F.kl_div's default, the
+    scale ZSKT/ABM's hyper-parameters are set for (spec 1.2).
     """
     t, s = class_last(t), class_last(s)
     c = t.shape[-1]
     log_pt = F.log_softmax(t.reshape(-1, c) / temperature, -1)
     log_ps = F.log_softmax(s.reshape(-1, c) / temperature, -1)
-    return F.kl_div(log_ps, log_pt, reduction="batchmean", log_target=True) * temperature ** 2
+    kl = F.kl_div(log_ps, log_pt, reduction="batchmean", log_target=True) * temperature ** 2
+    return kl / c if reduction == "mean" else kl
 
 
 def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -27,10 +27,19 @@ class Targets:
         return Targets(self.logits.to(device), pooled,
                        [m.to(device) for m in self.maps] if self.maps else None)
 
+    @staticmethod
+    def cat(parts: list["Targets"]) -> "Targets":
+        """The targets of concatenated batches (along the batch axis), e.g. MAD's G batch and EMA batch."""
+        pooled = None
+        if parts[0].pooled is not None:
+            pooled = [None if fs[0] is None else torch.cat(fs) for fs in zip(*(p.pooled for p in parts))]
+        maps = [torch.cat(ms, 1) for ms in zip(*(p.maps for p in parts))] if parts[0].maps else None
+        return Targets(torch.cat([p.logits for p in parts], 1), pooled, maps)
 
-def discrepancy(s: torch.Tensor, t: torch.Tensor, kind: str, temperature: float = 1.0) -> torch.Tensor:
+
+def discrepancy(s: torch.Tensor, t: torch.Tensor, kind: str, lc: LossConfig) -> torch.Tensor:
     """(1/K) sum_k D(s_k, t_k) for paired (K, B, C) logits; D is L1 (DFAD/CDFKD-MFS) or KL(t||s) (ABM/MAD)."""
-    return L.header_l1(s, t) if kind == "l1" else L.kl_div(t, s, temperature)
+    return L.header_l1(s, t) if kind == "l1" else L.kl_div(t, s, lc.temperature, lc.kl_reduction)
 
 
 def pair_heads(s: torch.Tensor, k: int) -> torch.Tensor:
@@ -42,8 +51,7 @@ def student_objective(s: torch.Tensor, feats: torch.Tensor | list[torch.Tensor],
                       y: torch.Tensor | None, lc: LossConfig) -> tuple[torch.Tensor, dict[str, float]]:
     """L_S = w_header D(s_k, t_k) + w_ens L1(mean s, mean t) + w_feat feature L1 + w_ce CE(s, y) + w_at AT."""
     k = tgt.logits.shape[0]
-    terms = {"header": (lc.w_header, lambda: discrepancy(pair_heads(s, k), tgt.logits, lc.student_loss,
-                                                         lc.temperature)),
+    terms = {"header": (lc.w_header, lambda: discrepancy(pair_heads(s, k), tgt.logits, lc.student_loss, lc)),
              "ens": (lc.w_ens, lambda: L.ensemble_l1(s, tgt.logits)),
              "feat": (lc.w_feat if tgt.pooled is not None and any(f is not None for f in tgt.pooled) else 0.0,
                       lambda: L.feature_l1(feats if isinstance(feats, list) else pair_heads(feats, k), tgt.pooled)),
@@ -85,11 +93,11 @@ def teacher_loss(out: TeacherOutput, s_k: torch.Tensor, y: torch.Tensor | None, 
     teacher-side input gradient g_k, so it can be taken wherever teacher k lives.
     """
     t = out.logits.float()
-    adv = discrepancy(s_k.detach()[None], t[None], lc.adv_loss, lc.temperature)
+    adv = discrepancy(s_k.detach()[None], t[None], lc.adv_loss, lc)
     prior = teacher_prior(out, y, lc)
     return (-lc.w_adv * adv + prior) / num_teachers, {"adv": adv.item(), "prior": prior.item()}
 
 
 def student_side(s: torch.Tensor, t: torch.Tensor, lc: LossConfig) -> torch.Tensor:
     """The student path of the generator loss: -w_adv (1/K) sum_k D(s_k, t_k) with t held fixed."""
-    return -lc.w_adv * discrepancy(pair_heads(s, t.shape[0]), t.detach(), lc.adv_loss, lc.temperature)
+    return -lc.w_adv * discrepancy(pair_heads(s, t.shape[0]), t.detach(), lc.adv_loss, lc)

@@ -43,8 +43,8 @@ def test_distill_help_lists_every_config_key(capsys):
     amp = next(line for line in lines if line.split()[:1] == ["train.amp"])
     assert "str = 'bf16'" in amp and "{bf16, fp16, none}" in amp
     assert "autocast dtype" in out  # train.amp's comment in config.py
-    assert "{cdfkd_mfs, ddad, mad, cgdd}" in next(line for line in lines if line.split()[:1] == ["method"])
-    assert "[mad: True]" in next(line for line in lines if line.split()[:1] == ["train.ema"])  # a preset's value
+    assert "{cdfkd_mfs, ddad, mad, mad_dfad, cgdd}" in next(line for line in lines if line.split()[:1] == ["method"])
+    assert "[mad: True, mad_dfad: True]" in next(line for line in lines if line.split()[:1] == ["train.ema"])  # a preset's value
     assert "(yaml)" in next(line for line in lines if line.split()[:1] == ["teachers"])
 
 

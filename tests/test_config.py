@@ -8,10 +8,11 @@ from cdkd.errors import ConfigError
 def test_presets_are_configurations_of_one_config():
     assert make_config({}).method == "cdfkd_mfs"
     mad = make_config({"method": "mad"})
-    assert mad.train.ema and mad.loss.adv_loss == "kl"
+    assert mad.train.ema and mad.loss.adv_loss == "kl" and mad.train.loop == "abm"
+    assert make_config({"method": "mad_dfad"}).train.loop == "dfad" == make_config({}).train.loop
     cgdd = make_config({"method": "cgdd"})
     assert cgdd.model.generator == "auto" and cgdd.loss.w_ce_gen == 1.0 and cgdd.loss.w_at == 250.0  # auto: conditional
-    assert set(PRESETS) == {"cdfkd_mfs", "ddad", "mad", "cgdd"}
+    assert set(PRESETS) == {"cdfkd_mfs", "ddad", "mad", "mad_dfad", "cgdd"}
 
 
 def test_yaml_then_overrides(tmp_path):

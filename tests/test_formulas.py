@@ -151,10 +151,12 @@ def test_attention_map_and_transfer():
     assert at2.item() == pytest.approx(2 * stage1, rel=1e-6)  # summed over stages, not averaged
 
 
-# Paper values (spec 2.4, 3.2, 4.2, 5.2): student SGD lr 0.1 (momentum 0.9, wd 5e-4), generator Adam lr 1e-3.
-# (MAD's ABM base uses Adam 2e-3 for the student; cdkd's preset keeps the shared SGD, a documented departure.)
+# Paper values (spec 2.4, 3.2, 4.2, 5.2): student SGD lr 0.1 (momentum 0.9, wd 5e-4), generator Adam lr 1e-3;
+# MAD on its ABM base (spec 1.2): student Adam lr 2e-3, no weight decay. (mad_dfad keeps the shared SGD, a
+# documented departure.)
 STUDENT_LR, GENERATOR_LR = 0.1, 1e-3
-SPEC_SCHEDULE = {"cdfkd_mfs": "multistep", "ddad": "multistep", "mad": "cosine"}  # cgdd: not specified
+SPEC_STUDENT_ADAM_LR = {"mad": 2e-3}
+SPEC_SCHEDULE = {"cdfkd_mfs": "multistep", "ddad": "multistep", "mad": "cosine", "mad_dfad": "cosine"}  # cgdd: none
 
 
 def lr_per_iteration(cfg):
@@ -177,8 +179,13 @@ def test_learning_rate_at_each_milestone(method):
     cfg = make_config({"method": method}, [f"--train.iterations={n}"])
     assert cfg.optim.schedule == SPEC_SCHEDULE.get(method, cfg.optim.schedule)
     opt_s, opt_g, lrs = lr_per_iteration(cfg)
-    assert isinstance(opt_s, torch.optim.SGD) and isinstance(opt_g, torch.optim.Adam)
-    assert opt_s.param_groups[0]["momentum"] == 0.9 and opt_s.param_groups[0]["weight_decay"] == 5e-4
+    assert isinstance(opt_g, torch.optim.Adam)
+    if method in SPEC_STUDENT_ADAM_LR:
+        assert type(opt_s) is torch.optim.Adam and opt_s.param_groups[0]["weight_decay"] == 0.0
+        lrs = [(s * STUDENT_LR / SPEC_STUDENT_ADAM_LR[method], g) for s, g in lrs]  # in units of the SGD rate below
+    else:
+        assert isinstance(opt_s, torch.optim.SGD)
+        assert opt_s.param_groups[0]["momentum"] == 0.9 and opt_s.param_groups[0]["weight_decay"] == 5e-4
     if cfg.optim.schedule == "multistep":
         ms = [f * n for f in cfg.optim.milestones]
         assert all(abs(m - round(m)) < 1e-6 for m in ms)  # n chosen so that the fractions land on iterations

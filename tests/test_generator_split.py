@@ -16,7 +16,7 @@ def reference_grads(d, x_fn, lc):
     s = s.expand(len(d.teachers), *s.shape[1:]) if s.shape[0] == 1 else s
     outs = [t(x, bn_stats=True) for t in d.teachers]
     t = torch.stack([o.logits for o in outs])
-    adv = L.header_l1(s, t) if lc.adv_loss == "l1" else L.kl_div(t, s, lc.temperature)
+    adv = L.header_l1(s, t) if lc.adv_loss == "l1" else L.kl_div(t, s, lc.temperature, lc.kl_reduction)
     prior = sum(lc.w_bn * L.bn_stat_loss(o.bn_terms, lc.bn_first)
                 + (lc.w_ce_gen * L.cross_entropy(o.logits, y) if y is not None else 0.0) for o in outs)
     loss = -lc.w_adv * adv + prior / len(outs)
@@ -38,7 +38,8 @@ def split_vs_reference(d, lc, n: int) -> tuple[float, float]:
 
 
 @pytest.mark.parametrize("method,student", [("cdfkd_mfs", "mfs_lenet5_half"), ("cgdd", "mfs_lenet5_half"),
-                                            ("mad", "lenet5_half"), ("ddad", "mh_lenet5_half")])
+                                            ("mad", "lenet5_half"), ("mad_dfad", "lenet5_half"),
+                                            ("ddad", "mh_lenet5_half")])
 def test_split_equals_autograd(teacher_paths, method, student):
     cfg = make_config(tiny_config(teacher_paths, method=method, model={"student": student}))
     d = build(cfg, with_data=False).distiller

@@ -10,7 +10,7 @@ CLASSIFIERS = {"lenet5": (1, 32), "lenet5_half": (1, 32), "resnet18": (3, 32), "
 STUDENTS = {"mfs_lenet5_half": (1, 32), "mh_lenet5_half": (1, 32), "mfs_resnet18": (3, 32), "smh_resnet18": (3, 32),
             "mfs_wrn_16_1": (3, 32), "mfs_wrn_16_2": (3, 32)}
 GENERATORS = {"generator32": {"img_size": 32}, "cond_generator32": {"img_size": 32}, "generator_large": {"img_size": 64},
-              "cond_generator_large": {"img_size": 128}}
+              "cond_generator_large": {"img_size": 128}, "generator_zskt": {"img_size": 32}}
 
 
 TIMM_STUDENTS = {"mfs_timm", "mfs_timm_small"}  # 64-224 px students, tested in test_mfs_backbone.py
@@ -105,13 +105,14 @@ def test_generators(name):
     x = g(z, y)
     size = GENERATORS[name]["img_size"]
     assert x.shape == (4, 3, size, size)
-    if name == "generator32":  # last BN without affine: each channel zero mean, unit variance over the batch
+    if name in ("generator32", "generator_zskt"):  # last BN without affine: each channel zero mean, unit variance over the batch
         assert torch.allclose(x.mean((0, 2, 3)), torch.zeros(3), atol=1e-5)
 
 
 @pytest.mark.parametrize("name,size", [("generator32", (28, 28)), ("generator32", (48, 64)), ("generator32", (30, 42)),
                                        ("generator_large", (96, 128)), ("generator_large", (224, 224)),
-                                       ("generator_large", (180, 240))])
+                                       ("generator_large", (180, 240)), ("generator_zskt", (28, 28)),
+                                       ("generator_zskt", (30, 42))])
 def test_generators_make_any_size(name, size):
     """Non-square and sizes the upsampling factor does not divide: the output is cropped to exactly H x W."""
     g = create_model(name, nz=8, ngf=4, nc=3, img_size=size)

@@ -90,6 +90,35 @@ class GeneratorLarge(_Conditioning):
         return _crop(self.body(h.view(h.shape[0], -1, *self.init_size)), self.out_size)
 
 
+class GeneratorZSKT(_Conditioning):
+    """ZSKT/ABM's generator, the base of MAD (spec 1.1 G-ZSKT): fc -> BN -> upsample x1.6 -> conv, BN, LeakyReLU
+    -> upsample x2 -> conv, BN, LeakyReLU -> conv -> BN(affine=False); no tanh, default BN eps.
+
+    At 32 px the map grows 10 -> 16 -> 32 as in ZSKT. Other sizes start from ceil(H / 3.2) and the first upsample
+    goes to ceil(H / 2) (at 32 px the same nearest-neighbour rows as x1.6), so the output covers H and is cropped.
+    """
+
+    def __init__(self, nz: int = 100, ngf: int = 64, img_size: int | tuple[int, int] = 32, nc: int = 3,
+                 num_classes: int = 0) -> None:
+        super().__init__(nz, num_classes)
+        self.out_size, _ = _grid(img_size, 1)
+        self.init_size = tuple(math.ceil(n / 3.2) for n in self.out_size)
+        self.fc = nn.Linear(nz, 2 * ngf * self.init_size[0] * self.init_size[1])
+        self.body = nn.Sequential(
+            nn.BatchNorm2d(2 * ngf),
+            nn.Upsample(size=tuple(math.ceil(n / 2) for n in self.out_size)),
+            nn.Conv2d(2 * ngf, 2 * ngf, 3, 1, 1), nn.BatchNorm2d(2 * ngf), nn.LeakyReLU(0.2, inplace=True),
+            nn.Upsample(scale_factor=2),
+            nn.Conv2d(2 * ngf, ngf, 3, 1, 1), nn.BatchNorm2d(ngf), nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(ngf, nc, 3, 1, 1),
+            nn.BatchNorm2d(nc, affine=False),
+        )
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.fc(self.condition(z, y))
+        return _crop(self.body(h.view(h.shape[0], -1, *self.init_size)), self.out_size)
+
+
 LARGE_FROM = 65  # px: DAFL's generator up to 64 px (its fc grows with the square of the size), G-large above
 
 
@@ -124,3 +153,9 @@ def generator_large(nz: int = 256, ngf: int = 64, img_size: int | tuple[int, int
 def cond_generator_large(nz: int = 256, ngf: int = 64, img_size: int | tuple[int, int] = 128, nc: int = 3,
                          num_classes: int = 10) -> GeneratorLarge:
     return GeneratorLarge(nz, ngf, img_size, nc, num_classes)
+
+
+@MODELS.register
+def generator_zskt(nz: int = 100, ngf: int = 64, img_size: int | tuple[int, int] = 32, nc: int = 3,
+                   num_classes: int = 0) -> GeneratorZSKT:
+    return GeneratorZSKT(nz, ngf, img_size, nc, num_classes)
