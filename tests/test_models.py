@@ -14,10 +14,25 @@ GENERATORS = {"generator32": {"img_size": 32}, "cond_generator32": {"img_size": 
 
 
 TIMM_STUDENTS = {"mfs_timm", "mfs_timm_small"}  # 64-224 px students, tested in test_mfs_backbone.py
+SEGMENTERS = {"lraspp_mbv3_large": {}, "lraspp_mbv3_small": {"width_mult": 0.5},
+              "mh_lraspp_mbv3_small": {"num_headers": 2, "width_mult": 0.5}}
 
 
 def test_registry_covers_all_tested_models():
-    assert set(list_models()) == set(CLASSIFIERS) | set(STUDENTS) | set(GENERATORS) | TIMM_STUDENTS
+    assert set(list_models()) == set(CLASSIFIERS) | set(STUDENTS) | set(GENERATORS) | TIMM_STUDENTS | set(SEGMENTERS)
+
+
+@pytest.mark.parametrize("name", sorted(SEGMENTERS))
+def test_segmenters_label_every_pixel_at_any_size(name):
+    """Dense models answer per-pixel logits at the input's own size (odd sizes too: no size is assumed)."""
+    m = create_model(name, num_classes=11, **SEGMENTERS[name]).eval()
+    x = torch.randn(2, 3, 45, 61)
+    with torch.no_grad():
+        out = m(x)
+        stages = m.forward_features(x)[0] if hasattr(m, "forward_features") else m.outputs(x)[0]
+    headers = SEGMENTERS[name].get("num_headers")
+    assert out.shape == ((headers,) if headers else ()) + (2, 11, 45, 61)
+    assert [a.shape[1] for a in stages] == [i["num_chs"] for i in m.feature_info]
 
 
 @pytest.mark.parametrize("name", sorted(CLASSIFIERS))
