@@ -212,8 +212,6 @@ def test_cdfkd_mfs_drops_where_the_paper_does():
     assert drops(lr_per_iteration(cfg)[2]) == [100, 200]
 
 
-@pytest.mark.xfail(strict=True, reason="ddad uses CDFKD-MFS's 1/3, 2/3; DFAD's CIFAR run (spec 3.2) drops at "
-                                        "epochs 100 and 200 of 500, i.e. 1/5 and 2/5 (reported, not changed)")
 def test_ddad_drops_where_dfad_does():
     """Spec 3.2 (DFAD): x0.1 at epochs 100 and 200 of 500 -> iterations 100 and 200 of 500."""
     cfg = make_config({"method": "ddad"}, ["--train.iterations=500"])
