@@ -104,7 +104,8 @@ class TrainConfig:
     ema: bool = False                 # MAD: EMA generator, student learns from both (abm loop: a fresh EMA batch
                                       # per student step, loss D(G batch) + D(EMA batch))
     ema_momentum: float = 0.95
-    amp: str = "bf16"                 # bf16 | fp16 (GPU) | none: autocast dtype
+    amp: str = "auto"                 # auto | bf16 | fp16 (GPU) | none: autocast dtype; auto = bf16 where bf16
+                                      # convolutions are fast (CUDA with bf16, AMX CPUs), else none (fp32)
     amp_scope: str = "generator"      # generator | all | auto: which models run under autocast + channels_last;
                                       # auto = all on CUDA and AMX CPUs (fast bf16 convolutions), else generator
     channels_last: bool = True        # (on CPU, small LeNets are fastest in fp32 NCHW: keep scope=generator)
@@ -241,7 +242,7 @@ CHOICES = {
     ("loss", "student_loss"): ("l1", "kl"), ("loss", "adv_loss"): ("l1", "kl"),
     ("loss", "kl_reduction"): ("batchmean", "mean"), ("train", "loop"): ("dfad", "abm"),
     ("optim", "student"): ("sgd", "adam"), ("optim", "schedule"): ("cosine", "multistep", "none"),
-    ("train", "amp"): ("bf16", "fp16", "none"), ("train", "amp_scope"): ("generator", "all", "auto"),
+    ("train", "amp"): ("auto", "bf16", "fp16", "none"), ("train", "amp_scope"): ("generator", "all", "auto"),
     ("train", "device"): ("auto", "cpu", "cuda"), ("train", "keep_best"): ("none", "val", "probe"),
     ("data", "name"): ("none", "mnist", "cifar10", "cifar100", "imagefolder", "camvid"),
     ("distributed", "teacher_pool"): ("local", "ray"),

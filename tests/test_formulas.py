@@ -242,3 +242,29 @@ def test_fast_bf16_follows_what_the_device_reports(monkeypatch):
         raise RuntimeError("no CUDA driver")
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", broken)
     assert fast_bf16(torch.device("cuda")) is False
+
+
+def test_amp_auto_follows_fast_bf16(monkeypatch):
+    """train.amp=auto (the default): bf16 where bf16 convolutions are fast, fp32 elsewhere; explicit values stay."""
+    from cdkd import trainer
+    from cdkd.config import make_config
+    for fast, amp, scope in ((True, "bf16", "all"), (False, "none", "generator")):
+        monkeypatch.setattr(trainer, "fast_bf16", lambda device, fast=fast: fast)
+        cfg = trainer.resolve_auto(make_config({}, ["--train.amp_scope=auto"]), torch.device("cpu"))
+        assert (cfg.train.amp, cfg.train.amp_scope) == (amp, scope)
+        assert trainer.resolve_auto(make_config({}, ["--train.amp=bf16"]), torch.device("cpu")).train.amp == "bf16"
+        assert ("fp32" in trainer.precision_line(cfg, torch.device("cpu"))) is not fast
+
+
+def test_a_local_demo_worker_gets_the_machines_cores(monkeypatch):
+    """On a one-node cluster of this machine's cores, Ray Train workers with in-worker teachers share the cores."""
+    pytest.importorskip("ray")
+    from cdkd.config import make_config
+    from cdkd.distributed.job import worker_threads
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    node = {"Alive": True, "Resources": {"CPU": 8.0}}
+    cfg = make_config({}, ["--distributed.workers=2"])
+    assert worker_threads(1, cfg, [node]) == 4
+    assert worker_threads(1, cfg, [node, node]) == 1                                   # a real cluster: as asked
+    assert worker_threads(1, cfg, [{"Alive": True, "Resources": {"CPU": 4.0}}]) == 1   # not this machine's cores
+    assert worker_threads(1, make_config({}, ["--distributed.teacher_pool=ray"]), [node]) == 1  # actors need cores

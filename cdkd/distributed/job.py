@@ -44,6 +44,19 @@ def run_on_ray(cfg: Config, resume: bool = False, threads: int = 0) -> dict[str,
         return result
 
 
+def worker_threads(threads: int, cfg: Config, nodes: list[dict[str, Any]]) -> int:
+    """Torch threads per Ray Train worker: `threads` (from cpus_per_worker), or, on a one-node cluster of this
+    machine's cores (the embedded local one) with the teachers inside the workers, the cores shared out among
+    the workers. Ray reserves `cpus_per_worker` CPUs for scheduling but does not pin them: a demo worker that
+    asks for 1 CPU would otherwise run one thread on a machine of 2 or more."""
+    dc = cfg.distributed
+    cores = os.cpu_count() or 1
+    local = len(nodes) == 1 and int(nodes[0].get("Resources", {}).get("CPU", 0)) == cores
+    if local and dc.workers and dc.teacher_pool == "local" and not dc.use_gpu:
+        return max(threads, cores // dc.workers)
+    return threads
+
+
 def _run_on_ray(cfg: Config, resume: bool, threads: int, signals: StopSignals) -> dict[str, Any]:
     dc = cfg.distributed
     if has_checkpoint(cfg.run_dir) and not resume:
@@ -53,6 +66,7 @@ def _run_on_ray(cfg: Config, resume: bool, threads: int, signals: StopSignals) -
     if not ray.is_initialized():
         ray.init()
     signals.install()  # over Ray's own SIGTERM handler, which ends the driver at once
+    threads = worker_threads(threads, cfg, [n for n in ray.nodes() if n.get("Alive")])
     if dc.use_gpu and not ray.cluster_resources().get("GPU"):
         raise CdkdError("distributed.use_gpu=true but the Ray cluster has no GPUs")
     pool = make_pool(cfg)
