@@ -139,7 +139,8 @@ class ProbeConfig:
     batch_size: int = 128
     w_bn: float = 1.0                 # BN-statistics prior weight of the probe generator
     seed: int = 12345                 # fixed: every trial of a sweep sees the same probe inputs
-    val_samples: int = 0              # N real labeled samples from the train split: also report val_acc (0 = off)
+    val_samples: int = 0              # N real labeled samples (a data set's own val split, e.g. CamVid's val/,
+                                      # else the train split): also report val_acc / val_miou (0 = off)
 
 
 @dataclass

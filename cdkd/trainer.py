@@ -130,6 +130,11 @@ def build(cfg: Config, with_data: bool = True, pool: TeacherPool | None = None,
         data = in_space(data, pool.input_space)
     torch.manual_seed(cfg.train.seed)  # after loading teachers: their construction must not shift the student's init
     student = create_model(cfg.model.student, **student_kwargs(cfg, pool, num_classes, shape))
+    if bool(getattr(student, "dense", False)) != (task.name == "segmentation"):
+        raise ConfigError(f"model.student={cfg.model.student!r} is a "
+                          f"{'segmentation' if getattr(student, 'dense', False) else 'classification'} student but "
+                          f"the teachers are {task.name} models"
+                          + (" (use mh_lraspp_mbv3_small)" if task.name == "segmentation" else ""))
     conditional = cfg.loss.w_ce > 0 or cfg.loss.w_ce_gen > 0
     gen_name = pick_generator(cfg.model.generator, shape, conditional)
     gen_kwargs = dict(nz=cfg.model.nz, ngf=cfg.model.ngf, img_size=tuple(shape[-2:]), nc=shape[0])

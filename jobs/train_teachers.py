@@ -2,6 +2,8 @@
 
     python jobs/train_teachers.py --dataset mnist --arch lenet5 --seeds 0 1 2 --out runs/teachers
     python jobs/train_teachers.py --dataset cifar10 --arch wrn_16_2 --seeds 0 1 2 --out runs/bench/teachers
+    python jobs/train_teachers.py --dataset camvid --arch lraspp_mbv3_large --seeds 0 --size 120 160 \
+        --out runs/bench/camvid/teachers
 """
 from __future__ import annotations
 

@@ -41,7 +41,7 @@ def test_distill_help_lists_every_config_key(capsys):
     for f in dataclasses.fields(C.TeacherSpec):
         assert any(line.split()[:1] == [f"teachers[].{f.name}"] for line in lines), f.name
     amp = next(line for line in lines if line.split()[:1] == ["train.amp"])
-    assert "str = 'bf16'" in amp and "{bf16, fp16, none}" in amp
+    assert "str = 'auto'" in amp and "{auto, bf16, fp16, none}" in amp
     assert "autocast dtype" in out  # train.amp's comment in config.py
     assert "{cdfkd_mfs, ddad, mad, mad_dfad, cgdd}" in next(line for line in lines if line.split()[:1] == ["method"])
     assert "[mad: True, mad_dfad: True]" in next(line for line in lines if line.split()[:1] == ["train.ema"])  # a preset's value

@@ -227,3 +227,17 @@ def test_sample_grid_pairs_each_image_with_its_label_map():
     grid = get_task("segmentation").sample_grid(x, t)
     assert grid.shape == (6, 3, 8, 10) and grid.min() >= 0 and grid.max() <= 1
     assert torch.allclose(grid[1], camvid.PALETTE[3].float().view(3, 1, 1).expand(3, 8, 10) / 255)
+
+
+def test_a_student_or_teacher_arch_of_the_other_task_is_one_line(seg_teachers, tmp_path):
+    """A classification student for segmentation teachers, or a classifier arch for CamVid teachers, is refused
+    before any work with one line naming the fix (not a shape error deep in a loss)."""
+    from cdkd.demo import ensure_teachers
+    from cdkd.errors import CdkdError, ConfigError
+    with pytest.raises(ConfigError, match="classification student but the teachers are segmentation"):
+        build(make_config(seg_config(seg_teachers, str(tmp_path / "run"), model={"student": "mfs_lenet5_half", "student_kwargs": {}})))
+    write_camvid(tmp_path, size=(36, 48))
+    data = load_camvid(str(tmp_path), (36, 48))
+    with pytest.raises(CdkdError, match="--arch lenet5 is a classification model but camvid"):
+        ensure_teachers(data, "camvid", "lenet5", [0], str(tmp_path / "teachers"), epochs=1)
+    assert not (tmp_path / "teachers").exists() or not os.listdir(tmp_path / "teachers")

@@ -9,7 +9,7 @@ COMMANDS = {
     "distill": ("distill", "distill a teacher ensemble into a multi-header student (--help lists every config key)"),
     "sweep": ("sweep", "sweep loss weights with Ray Tune, select without real labels"),
     "train-teachers": ("train_teachers", "train teachers on a real data set (the demo's and the benchmarks')"),
-    "eval": ("evaluate", "test accuracy of an exported student (.pt2 or .onnx)"),
+    "eval": ("evaluate", "test accuracy (mIoU for CamVid) of an exported student (.pt2 or .onnx)"),
     "export": ("export", "re-export a run's student from its checkpoint (.pt2 and .onnx)"),
 }
 

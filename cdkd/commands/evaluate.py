@@ -82,6 +82,10 @@ def evaluate(path: str, dataset: str = "mnist", data_dir: str = "", batch_size: 
         raise CdkdError(f"{path} expects input {shape} but the {dataset} test images are {tuple(data.input_shape)}")
     if data.task == "segmentation":  # mIoU over the classes, void ignored, at the label files' size
         from ..tasks.segmentation import iou_from_confusion, mean_iou, segmentation_confusion
+        probe = student.predict(data.test[0][0][None])
+        if probe.dim() not in (4, 5) or probe.shape[-3] != data.num_classes:
+            raise CdkdError(f"{path} gives {tuple(probe.shape)} but {dataset} needs per-pixel logits "
+                            f"(batch, {data.num_classes}, height, width): is it a segmentation student?")
         conf = segmentation_confusion(student.predict, data.test, data.num_classes, batch_size=16)
         iou = iou_from_confusion(conf)
         return {"student": path, "format": student.format, "dataset": dataset, "samples": len(data.test),

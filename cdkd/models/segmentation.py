@@ -111,7 +111,7 @@ def lraspp_mbv3_large(num_classes: int = 11, in_chans: int = 3) -> LRASPPNet:
 
 @MODELS.register
 def lraspp_mbv3_small(num_classes: int = 11, in_chans: int = 3, width_mult: float = 1.0) -> LRASPPNet:
-    """LR-ASPP on MobileNetV3-Small (1.08M at width 1): a smaller teacher, or a single-head student."""
+    """LR-ASPP on MobileNetV3-Small (1.08M at width 1): a smaller teacher (students: `mh_lraspp_mbv3_small`)."""
     return LRASPPNet(num_classes, "small", width_mult, in_chans)
 
 
