@@ -133,3 +133,13 @@ def write_yaml(path, obj) -> str:
     with open(path, "w") as f:
         yaml.safe_dump(obj, f)
     return str(path)
+
+
+def exported_agreement(run_dir: str) -> float:
+    """Top-1 agreement of a run's exported student with the teachers' mean on its probe set, computed here from
+    the files alone (not with cdkd's probe helpers): what the run's `probe_agreement` must equal."""
+    probe = torch.load(os.path.join(run_dir, "probe.pt"), map_location="cpu", weights_only=True)
+    student = torch.export.load(os.path.join(run_dir, "student.pt2")).module()
+    with torch.no_grad():
+        s = torch.cat([student(x) for x in probe["x"].split(64)])
+    return (s.argmax(1) == probe["teacher_logits"].mean(0).argmax(1)).double().mean().item()

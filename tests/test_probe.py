@@ -11,7 +11,7 @@ from cdkd.probe import build_probe, ensure_probe, probe_metrics
 from cdkd.teacher_pool import TeacherGroup
 from cdkd.teachers import load_teacher
 from cdkd.trainer import build, train
-from tests.conftest import tiny_config
+from tests.conftest import exported_agreement, tiny_config
 
 
 @pytest.fixture
@@ -60,7 +60,8 @@ def test_probe_metrics(setup):
 def test_every_run_reports_the_metric_and_a_bad_probe_file_is_a_clear_error(teacher_paths, tmp_path):
     cfg = make_config(tiny_config(teacher_paths, str(tmp_path / "run")))
     result = train(build(cfg, with_data=False))
-    assert 0.0 <= result["probe_agreement"] <= 1.0 and result["probe_tv"] >= 0.0
+    assert result["probe_agreement"] == pytest.approx(exported_agreement(str(tmp_path / "run")), abs=1e-6)
+    assert result["probe_tv"] >= 0.0
     assert os.path.exists(tmp_path / "run" / "probe.pt")
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a probe")

@@ -11,7 +11,7 @@ from cdkd.config import make_config
 from cdkd.errors import CdkdError, NonFiniteLossError
 from cdkd.metrics import read_metrics
 from cdkd.trainer import build, train
-from tests.conftest import tiny_config
+from tests.conftest import exported_agreement, tiny_config
 
 
 def run_to_end(teacher_paths, run_dir, method="cdfkd_mfs", crash_at=None, resume=False):
@@ -98,7 +98,9 @@ def test_metrics_parquet_keeps_every_logged_column(teacher_paths, tmp_path):
     rows = table.to_pylist()
     assert "probe_agreement" in table.column_names and "probe_tv" in table.column_names
     assert [r["iteration"] for r in rows] == [1, 2, 3, 4]
-    assert rows[0]["probe_agreement"] is None and 0.0 <= rows[1]["probe_agreement"] <= 1.0
+    assert rows[0]["probe_agreement"] is None and rows[2]["probe_agreement"] is None
+    # the last row's figure is the exported (last) student's agreement, recomputed from the files
+    assert rows[3]["probe_agreement"] == pytest.approx(exported_agreement(str(tmp_path / "run")), abs=1e-6)
 
 
 def test_wall_time_carries_across_resume(teacher_paths, tmp_path):
