@@ -154,7 +154,7 @@ def test_mixed_width_feature_loss_is_normalised_per_width():
     ("key_mismatch", r"weights do not match torchvision model 'resnet18': (size mismatch|.*missing)"),
     ("bad_arch", r"teacher 'n.pt': cannot build torchvision model 'resnet_nope'"),
     ("timm_bad_arch", r"teacher 'n.pt': cannot build timm model 'nope_net'"),
-    ("dict_output", r"teacher 'n.pt' returns dict; a classifier teacher must return logits"),
+    ("dict_output", r"teacher 'n.pt' returns dict; a teacher must return logits \(B, C\)"),
 ])
 def test_bad_teachers_get_one_line_naming_them(tmp_path, user_module, case, expected):
     from usernets import Net
