@@ -11,6 +11,7 @@ from .data import ImageData, load_data
 from .errors import CdkdError
 from .models import create_model
 from .supervised import train_classifier
+from .tasks import model_task
 from .teachers import InputNorm, load_cdkd, save_classifier
 
 TEACHER_EPOCHS = 4
@@ -78,9 +79,9 @@ def ensure_teachers(data: ImageData, dataset: str, arch: str, seeds: list[int], 
         torch.manual_seed(seed)
         kwargs = {"num_classes": data.num_classes, "in_chans": data.input_shape[0]}
         model = create_model(arch, **kwargs)
-        if bool(getattr(model, "dense", False)) != (data.task == "segmentation"):
-            raise CdkdError(f"--arch {arch} is a {'segmentation' if getattr(model, 'dense', False) else 'classification'}"
-                            f" model but {dataset} is a {data.task} data set (CamVid: --arch lraspp_mbv3_large)")
+        if model_task(model) != data.task:
+            raise CdkdError(f"--arch {arch} is a {model_task(model)} model but {dataset} is a {data.task} data set "
+                            "(CamVid: --arch lraspp_mbv3_large)")
         t0 = time.perf_counter()
         if data.task == "segmentation":
             scores = _train_segmentation_teacher(model, data, seed, recipe)

@@ -41,7 +41,7 @@ from .resume import options as resume_options
 from .runlock import check_free, run_lock
 from .supervised import eval_mode, subset
 from .teacher_pool import TeacherGroup, TeacherPool, fast_bf16
-from .tasks import Task, get_task
+from .tasks import Task, get_task, model_task
 from .teachers import load_teacher
 
 RESIZABLE = ("camvid",)  # data sets read at any size (`data.size`)
@@ -130,9 +130,8 @@ def build(cfg: Config, with_data: bool = True, pool: TeacherPool | None = None,
         data = in_space(data, pool.input_space)
     torch.manual_seed(cfg.train.seed)  # after loading teachers: their construction must not shift the student's init
     student = create_model(cfg.model.student, **student_kwargs(cfg, pool, num_classes, shape))
-    if bool(getattr(student, "dense", False)) != (task.name == "segmentation"):
-        raise ConfigError(f"model.student={cfg.model.student!r} is a "
-                          f"{'segmentation' if getattr(student, 'dense', False) else 'classification'} student but "
+    if model_task(student) != task.name:
+        raise ConfigError(f"model.student={cfg.model.student!r} is a {model_task(student)} student but "
                           f"the teachers are {task.name} models"
                           + (" (use mh_lraspp_mbv3_small)" if task.name == "segmentation" else ""))
     conditional = cfg.loss.w_ce > 0 or cfg.loss.w_ce_gen > 0

@@ -47,6 +47,11 @@ OVERRIDE_ROWS = {
                                  "distributed.worker_resources: key 1 must be a non-empty string"),
     "teacher_resources_nan": ("--distributed.teacher_resources={a: .nan}", "distributed.teacher_resources['a']=nan"),
     "student_kwargs_int_key": ("--model.student_kwargs={1: 2}", "model.student_kwargs: key 1 must be a non-empty"),
+    "loop_unknown": ("--train.loop=zskt", "train.loop='zskt': choose one of dfad, abm"),
+    "kl_reduction_unknown": ("--loss.kl_reduction=sum", "loss.kl_reduction='sum': choose one of batchmean, mean"),
+    "keep_best_unknown": ("--train.keep_best=test", "train.keep_best='test': choose one of none, val, probe"),
+    "amp_unknown": ("--train.amp=fp8", "train.amp='fp8': choose one of auto, bf16, fp16, none"),
+    "student_clip_negative": ("--optim.student_grad_clip=-1", "optim.student_grad_clip must be >= 0"),
 }
 
 SHAPE_ROWS = {

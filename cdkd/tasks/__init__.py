@@ -39,8 +39,13 @@ def task_of(logits: torch.Tensor) -> Task | None:
                 None)
 
 
+def model_task(model: nn.Module) -> str:
+    """The task a model (teacher architecture or student) is built for: dense models label pixels."""
+    return "segmentation" if getattr(model, "dense", False) else "classification"
+
+
 def get_task(name: str) -> Task:
     return TASKS[name]
 
 
-__all__ = ["TASKS", "Classification", "Segmentation", "Task", "get_task", "task_of"]
+__all__ = ["TASKS", "Classification", "Segmentation", "Task", "get_task", "model_task", "task_of"]
