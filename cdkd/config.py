@@ -158,6 +158,11 @@ class DistributedConfig:
     teacher_resources: dict = field(default_factory=dict)  # extra (custom) resources per teacher actor
     teacher_restarts: int = 3         # a dead teacher actor is restarted (and its call retried) this many times
     placement: str = "SPREAD"         # placement-group strategy of the teacher actors
+    placement_timeout_s: float = 0.0  # give up waiting for the cluster's resources after this long (0 = wait
+                                      # forever, as an autoscaling cluster needs: GPU nodes boot in minutes)
+    wait_report_s: float = 30.0       # while resources pend, one line this often: what is waited for, what is free
+    autoscaler_config: str = "~/ray_bootstrap_config.yaml"  # a `ray up` cluster's node types (on its head): a
+                                      # request no node type can hold is one line at once instead of a wait
     sync_bn: bool = False             # SyncBatchNorm in the generator across workers (GPU workers only)
     max_failures: int = 0             # Ray Train worker-group restarts from the last checkpoint
     num_to_keep: int = 2              # Ray Train checkpoints kept
@@ -254,11 +259,11 @@ POSITIVE = {("train", "iterations"), ("train", "batch_size"), ("train", "student
             ("model", "ngf"), ("train", "log_every"), ("train", "ckpt_every"), ("train", "sample_every"),
             ("optim", "student_lr"), ("optim", "generator_lr"), ("loss", "temperature"), ("aggregation", "epochs"),
             ("aggregation", "batch_size"), ("aggregation", "lr"), ("distributed", "num_to_keep"),
-            ("probe", "steps"), ("probe", "snapshots"), ("probe", "batch_size")}
+            ("probe", "steps"), ("probe", "snapshots"), ("probe", "batch_size"), ("distributed", "wait_report_s")}
 NON_NEGATIVE = {("distributed", "workers"), ("distributed", "teacher_actors"), ("distributed", "teacher_restarts"), ("distributed", "teacher_cpus"),
                 ("distributed", "teacher_gpus"), ("distributed", "cpus_per_worker"), ("distributed", "gpus_per_worker"),
                 ("distributed", "max_failures"), ("probe", "samples"), ("probe", "w_bn"), ("probe", "val_samples"),
-                ("optim", "grad_clip"), ("optim", "student_grad_clip")}
+                ("optim", "grad_clip"), ("optim", "student_grad_clip"), ("distributed", "placement_timeout_s")}
 
 
 def _field_types(cls: type) -> dict[str, Any]:

@@ -86,13 +86,14 @@ def ray_cluster(tmp_path_factory):
         yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}", "env": env}
     finally:
         ray.shutdown()
-        kill_processes_of(temp_dir)  # not `ray stop --force`: that kills every Ray instance on the machine
+        kill_processes_of(temp_dir, port)  # not `ray stop --force`: that kills every Ray instance on the machine
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def kill_processes_of(temp_dir: str) -> None:
-    """SIGKILL the processes whose command line names `temp_dir` (GCS, raylets, dashboard, log monitors) and
-    all their descendants (workers, agents): exactly the cluster this session started."""
+def kill_processes_of(temp_dir: str, gcs_port: int = 0) -> None:
+    """SIGKILL the processes whose command line names `temp_dir` (GCS, raylets, dashboard, log monitors), the
+    head's Ray client server (it names only the GCS address `...:gcs_port`, on the machine's own IP even for a
+    loopback cluster) and all their descendants (workers, agents): exactly the cluster this session started."""
     parent, roots = {}, set()
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -102,7 +103,8 @@ def kill_processes_of(temp_dir: str) -> None:
                 parent[int(pid)] = int(f.read().rsplit(")", 1)[1].split()[1])
         except (OSError, IndexError, ValueError):
             continue
-        if temp_dir in cmdline and int(pid) != os.getpid():
+        client = gcs_port and "ray.util.client.server" in cmdline and f":{gcs_port}\0" in cmdline.replace(" ", "\0")
+        if (temp_dir in cmdline or client) and int(pid) != os.getpid():
             roots.add(int(pid))
     doomed, grew = set(roots), True
     while grew:
@@ -135,10 +137,11 @@ def write_yaml(path, obj) -> str:
     return str(path)
 
 
-def exported_agreement(run_dir: str) -> float:
-    """Top-1 agreement of a run's exported student with the teachers' mean on its probe set, computed here from
-    the files alone (not with cdkd's probe helpers): what the run's `probe_agreement` must equal."""
-    probe = torch.load(os.path.join(run_dir, "probe.pt"), map_location="cpu", weights_only=True)
+def exported_agreement(run_dir: str, probe_path: str = "") -> float:
+    """Top-1 agreement of a run's exported student with the teachers' mean on its probe set (`probe_path`, else
+    the run's own probe.pt), computed here from the files alone (not with cdkd's probe helpers): what the run's
+    `probe_agreement` must equal."""
+    probe = torch.load(probe_path or os.path.join(run_dir, "probe.pt"), map_location="cpu", weights_only=True)
     student = torch.export.load(os.path.join(run_dir, "student.pt2")).module()
     with torch.no_grad():
         s = torch.cat([student(x) for x in probe["x"].split(64)])

@@ -52,6 +52,9 @@ OVERRIDE_ROWS = {
     "keep_best_unknown": ("--train.keep_best=test", "train.keep_best='test': choose one of none, val, probe"),
     "amp_unknown": ("--train.amp=fp8", "train.amp='fp8': choose one of auto, bf16, fp16, none"),
     "student_clip_negative": ("--optim.student_grad_clip=-1", "optim.student_grad_clip must be >= 0"),
+    "placement_timeout_negative": ("--distributed.placement_timeout_s=-5",
+                                   "distributed.placement_timeout_s must be >= 0"),
+    "wait_report_zero": ("--distributed.wait_report_s=0", "distributed.wait_report_s must be positive, got 0.0"),
 }
 
 SHAPE_ROWS = {

@@ -35,3 +35,24 @@ def test_schema_check_is_not_vacuous():
     bad["available_node_types"]["gpu_teacher"]["resources"] = {"GPU": 0.5}  # fractions are not allowed on nodes
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, schema())
+
+
+def submit_flags(text: str) -> list[str]:
+    """The `--key=value` overrides of the `ray job submit ... python jobs/cdfkd_mfs.py` command in `text`."""
+    import re
+    import shlex
+    cmd = re.search(r"ray job submit[^\n]*?--\s*\\?\s*\n?(.*?)(?:\n\s*(?:#\s*)?ray down|\n```)", text, re.S).group(1)
+    words = shlex.split(cmd.replace("#", " ").replace("\\\n", " "))
+    return [w for w in words if w.startswith("--distributed.") or w.startswith("--run_dir")]
+
+
+def test_the_submit_command_in_cluster_yaml_and_readme_is_a_valid_config():
+    from cdkd.config import load_config
+    for name in ("cluster.yaml", "README.md"):
+        with open(os.path.join(REPO, name)) as f:
+            flags = submit_flags(f.read())
+        assert "--distributed.use_gpu=true" in flags, (name, flags)
+        cfg = load_config(None, flags)  # every override parses and type-checks
+        dc = cfg.distributed
+        assert dc.use_gpu and dc.teacher_pool == "ray" and dc.teacher_resources == {"teacher_gpu": 1}, name
+        assert dc.worker_resources == {"student_gpu": 1}, name

@@ -65,3 +65,4 @@ def test_job_runs_and_reports(tmp_path, teacher_paths, data_root):
     assert proc.returncode == 0, proc.stderr
     assert "student (mean of headers)" in proc.stdout and "[cdfkd_mfs] 2/2" in proc.stdout
     assert os.path.exists(tmp_path / "run" / "student.pt2")
+    assert "Ray instance" not in proc.stderr  # workers 0, teachers local: the engine here, no Ray started

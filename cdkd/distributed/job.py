@@ -10,6 +10,7 @@ import signal
 from typing import Any
 
 import ray
+from ray.util.placement_group import placement_group, remove_placement_group
 
 from ..config import Config
 from ..errors import CdkdError
@@ -17,7 +18,9 @@ from ..interrupt import Interrupted, StopSignals, resume_hint
 from ..runlock import run_lock
 from ..trainer import build, clear_stop_request, has_checkpoint, prepare_selection, request_stop
 from .launch import launch, make_pool
-from .train import absolute_paths
+from .prepare import check_without_teachers, named_bundles, prepare_on_worker
+from .resources import check_can_fit, fmt, node_capacities, total, wait_for, worker_bundle
+from .train import absolute_paths, init_ray
 
 
 def run_on_ray(cfg: Config, resume: bool = False, threads: int = 0) -> dict[str, Any]:
@@ -61,26 +64,49 @@ def _run_on_ray(cfg: Config, resume: bool, threads: int, signals: StopSignals) -
     dc = cfg.distributed
     if has_checkpoint(cfg.run_dir) and not resume:
         raise CdkdError(f"{cfg.run_dir} already holds a run; pass --resume to continue it or choose another run_dir")
-    if dc.teacher_pool == "local":
-        build(cfg)  # every input check (data, teachers, models, loss pairing) before Ray starts
+    embedded = not ray.is_initialized() and not os.environ.get("RAY_ADDRESS")
+    # On a cluster (RAY_ADDRESS) with Ray Train workers this driver only schedules: what needs the teachers runs
+    # on a worker's resources. Run here (the embedded local cluster) or with the engine in this process, every
+    # input check comes first, before Ray starts.
+    schedule_only = not embedded and dc.workers > 0
+    if schedule_only:
+        check_without_teachers(cfg)
+    else:
+        build(cfg)
+    if dc.workers == 0 and dc.teacher_pool == "local":  # the engine here, its teachers here: no Ray at all
+        return launch(cfg, None, resume=resume, threads=threads)
     if not ray.is_initialized():
-        ray.init()
+        init_ray()
     signals.install()  # over Ray's own SIGTERM handler, which ends the driver at once
+    nodes, final = node_capacities(dc, embedded)
+    check_can_fit(named_bundles(cfg), nodes, final, "this cluster" if embedded else "the cluster's node types")
     threads = worker_threads(threads, cfg, [n for n in ray.nodes() if n.get("Alive")])
-    if dc.use_gpu and not ray.cluster_resources().get("GPU"):
-        raise CdkdError("distributed.use_gpu=true but the Ray cluster has no GPUs")
-    pool = make_pool(cfg)
-    if pool is not None:
-        print(f"[cdkd] teacher actors: {pool.placement}")
+    # the workers' resources are requested now, beside the teachers': an autoscaler starts all nodes at once
+    workers_pg = placement_group([worker_bundle(dc)] * dc.workers, strategy="PACK") if schedule_only else None
+    pool = None
     try:
-        if dc.workers:  # the probe set, built once here: no worker may build it on shared teachers
+        pool = make_pool(cfg)
+        if pool is not None:
+            print(f"[cdkd] teacher actors: {pool.placement}")
+        if workers_pg is not None:
+            wait_for([workers_pg.ready()], f"{dc.workers} Ray Train worker(s) of {fmt(worker_bundle(dc))}",
+                     total([worker_bundle(dc)] * dc.workers), dc.placement_timeout_s, dc.wait_report_s)
+            where = prepare_on_worker(cfg, pool, worker_bundle(dc), workers_pg)
+            remove_placement_group(workers_pg)  # Ray Train places its own workers in the room just found
+            workers_pg = None
+            print(f"[cdkd] checked the run and built its probe set in a Ray task (pid {where['pid']}, node "
+                  f"{where['node'][:12]}, {where['device']})")
+        elif dc.workers:  # the probe set, built once here: no worker may build it on shared teachers
             prepare_selection(build(cfg, pool=pool))
+        if dc.workers:
             print(f"[cdkd] Ray Train: {dc.workers} worker(s), {'GPU' if dc.use_gpu else 'CPU'}, "
                   f"teachers {'in Ray actors' if pool else 'in each worker'}; run directory {cfg.run_dir}")
         result = launch(cfg, pool, resume=resume, threads=threads)
     except ray.train.TrainingFailedError as e:
         raise CdkdError(f"training failed: {str(e).strip().splitlines()[-1]}") from None
     finally:
+        if workers_pg is not None:
+            remove_placement_group(workers_pg)
         if pool is not None:
             pool.shutdown()
     if not dc.workers:

@@ -14,7 +14,6 @@ the sweep, from each trial's last checkpoint, for the report only.
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -37,8 +36,9 @@ from ..runlock import run_lock
 from ..search_space import Param, apply, parse_space
 from ..trainer import build, evaluate, prepare_selection
 from .launch import launch, make_pool
-from .teacher_actors import num_actors
-from .train import CKPT_FILE, ReportedCheckpoints, absolute_paths
+from .prepare import check_without_teachers, named_bundles, prepare_on_worker
+from .resources import check_can_fit, fmt, how_many_fit, node_capacities, run_bundles, total, worker_bundle
+from .train import CKPT_FILE, ReportedCheckpoints, absolute_paths, init_ray
 
 METRICS = {"probe_agreement": "max", "probe_tv": "min", "val_acc": "max", "val_miou": "max"}
 SCHEDULERS = ("asha", "pbt", "fifo")
@@ -53,7 +53,8 @@ class SweepSettings:
     num_samples: int = 8
     scheduler: str = "asha"
     metric: str = "probe_agreement"
-    max_concurrent: int = 0                 # 0 = as many as the cluster's CPUs allow
+    max_concurrent: int = 0                 # 0 = as many whole trials (process, workers, teacher actors) as the
+                                            # cluster's nodes hold at once (CPUs, GPUs, custom resources)
     grace_iterations: int = 0               # ASHA: iterations before a trial can be stopped (0 = iterations/4)
     pbt_interval: int = 0                   # PBT: iterations between exploit/explore steps (0 = iterations/4)
     seed: int = 0
@@ -137,15 +138,10 @@ def run_trial(config: dict[str, Any], settings: SweepSettings) -> None:
             pool.shutdown()
 
 
-def trial_resources(cfg) -> tuple[dict[str, float], float]:
-    """(resources Tune reserves for the trial process, CPUs the whole trial needs)."""
-    dc = cfg.distributed
-    teacher_cpus = num_actors(dc, len(cfg.teachers)) * dc.teacher_cpus if dc.teacher_pool == "ray" else 0.0
-    if dc.workers == 0:
-        res = {"CPU": dc.cpus_per_worker, "GPU": dc.gpus_per_worker if dc.use_gpu else 0.0}
-        return res, dc.cpus_per_worker + teacher_cpus
-    # a Train driver only waits on its workers: a token CPU share, so it never starves them (ray#54305)
-    return {"CPU": 0.01}, 0.01 + dc.workers * dc.cpus_per_worker + teacher_cpus
+def trial_process(cfg) -> dict[str, float]:
+    """What Tune reserves for a trial's own process: the engine's bundle (workers 0), or a token CPU share for a
+    driver that only waits on its Ray Train workers (so it never starves them, ray#54305)."""
+    return worker_bundle(cfg.distributed) if cfg.distributed.workers == 0 else {"CPU": 0.01}
 
 
 def make_scheduler(s: SweepSettings, params: list[Param], iterations: int, ckpt_every: int):
@@ -182,14 +178,30 @@ def _run_sweep(s: SweepSettings, params: list[Param], resume: bool) -> dict[str,
                         "sweep directory")
     if not exists:
         s.save()
-    prepare_selection(build(base_cfg, with_data=base_cfg.probe.val_samples > 0))  # checks, then the probe set
+    embedded = not ray.is_initialized() and not os.environ.get("RAY_ADDRESS")
+    with_data = base_cfg.probe.val_samples > 0
+    if embedded:  # this machine does the work: every check, then the sweep's one probe set, before Ray starts
+        prepare_selection(build(base_cfg, with_data=with_data))
+    else:  # a cluster's driver only schedules: what needs the teachers runs on a worker's resources (below)
+        check_without_teachers(base_cfg, s.sweep_dir)
     if not ray.is_initialized():
-        ray.init()
-    resources, need = trial_resources(base_cfg)
-    fit_cpus = ray.cluster_resources().get("CPU", 1.0)
-    if need > fit_cpus:
-        raise CdkdError(f"one trial needs {need:g} CPUs but the Ray cluster has {fit_cpus:g}")
-    concurrent = s.max_concurrent or max(1, math.floor(fit_cpus / need + 1e-9))
+        init_ray()
+    # A trial is the sum of its bundles: its process, its Ray Train workers, its teacher actors. Tune reserves the
+    # process only: Train V2 and the teacher pool place the rest in placement groups of their own, so a
+    # PlacementGroupFactory holding them too would reserve them twice. Concurrency counts whole trials instead.
+    driver = trial_process(base_cfg)
+    bundles = run_bundles(base_cfg, driver)
+    nodes, final = node_capacities(base_cfg.distributed, embedded)
+    where = "this cluster" if embedded else "the cluster's node types"
+    check_can_fit([("a sweep trial's process", driver), *named_bundles(base_cfg)], nodes, final, where)
+    fit = how_many_fit(bundles, nodes)
+    concurrent = s.max_concurrent or max(1, fit)
+    if not s.max_concurrent and not fit:
+        print(f"[cdkd] no whole trial ({fmt(total(bundles))}) fits the cluster's nodes yet: one trial at a time until "
+              "it grows (or set --max-concurrent)", flush=True)
+    if not embedded:
+        prepare_on_worker(base_cfg, None, worker_bundle(base_cfg.distributed), with_data=with_data)
+    resources = {"CPU": 0.0, **driver}
     trainable = tune.with_resources(tune.with_parameters(run_trial, settings=s), resources)
     if exists:
         print(f"[cdkd] resuming the sweep in {s.sweep_dir}")

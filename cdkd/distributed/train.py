@@ -102,30 +102,35 @@ def absolute_paths(cfg: Config) -> Config:
     return cfg
 
 
-def route_report_lines_to_files(level: str) -> None:
-    """Send Ray Train's per-report worker line ("Reporting training result ...") to Ray Train's log files only.
+class ReportLineFilter(logging.Filter):
+    """Drops Ray Train's per-report worker line ("Reporting training result ..."), one per checkpoint.
 
-    `LoggingConfig(log_level)` filters the `ray.train` loggers, but Ray 2.60 logs that line under the logger
-    named by its file path (`getLogger(__file__)` in ray/train/v2/_internal/execution/context.py), which
-    propagates to the worker's root console instead. Below `level`, it now goes to Ray Train's file handlers.
+    `LoggingConfig(log_level)` filters the `ray.train` loggers, but Ray 2.60 logs that line at INFO under a
+    logger named by its file path, which propagates to the worker's root console handler. A filter on that
+    handler (plain `logging`, no Ray internals) keeps it off the console; `log_level: INFO` lets it through.
     """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno < logging.WARNING and str(record.msg).startswith("Reporting training result"))
+
+
+def quiet_report_lines(level: str) -> None:
+    """Install `ReportLineFilter` on the root handlers of this (worker) process, unless `level` is INFO or lower."""
     if logging.getLevelName(level) <= logging.INFO:
         return
-    try:
-        from ray.train.v2._internal.execution import context as train_context
-        from ray.train.v2._internal.logging.logging import SessionFileHandler
-    except ImportError:  # another Ray layout: nothing to reroute
-        return
-    chatter = logging.getLogger(train_context.__file__)
-    chatter.propagate = False
-    for handler in logging.getLogger("ray.train").handlers:
-        if isinstance(handler, SessionFileHandler) and handler not in chatter.handlers:
-            chatter.addHandler(handler)
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, ReportLineFilter) for f in handler.filters):
+            handler.addFilter(ReportLineFilter())
+
+
+def init_ray() -> None:
+    """Connect to the cluster in RAY_ADDRESS (`ray job submit` sets it), or start an embedded local one."""
+    ray.init()
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     cfg = make_config(config["config"])
-    route_report_lines_to_files(cfg.distributed.log_level)
+    quiet_report_lines(cfg.distributed.log_level)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     if config.get("threads"):
