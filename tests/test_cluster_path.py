@@ -55,6 +55,13 @@ def test_a_bundle_no_node_type_offers_is_one_line_at_once(tmp_path):
         resources.check_can_fit([("a Ray Train worker", resources.worker_bundle(cfg.distributed))], nodes, final,
                                  "the cluster's node types")
     resources.check_can_fit([("ok", {"CPU": 1, "GPU": 4})], nodes, final, "x")  # fits a node type: no error
+    # a node type with no CPU count (the launcher could not detect it) is no limit on CPUs; custom ones still are
+    boot2 = write_yaml(tmp_path / "bootstrap2.yaml", {"head_node_type": "head", "available_node_types": {
+        "head": {"resources": {"CPU": 0}}, "gpu": {"resources": {"teacher_gpu": 4, "GPU": 4}, "max_workers": 1}}})
+    nodes2, _ = resources.node_capacities(make_config({"distributed": {"autoscaler_config": boot2}}).distributed, False)
+    resources.check_can_fit([("w", {"CPU": 64, "GPU": 1, "teacher_gpu": 1})], nodes2, True, "x")
+    with pytest.raises(CdkdError, match="teacher_gpu: 5"):
+        resources.check_can_fit([("w", {"teacher_gpu": 5})], nodes2, True, "x")
     # without a launcher config, a cluster reached by address may still grow: it pends instead
     resources.check_can_fit([("w", {"GPU": 8})], [{"CPU": 2}], False, "x")
 

@@ -59,7 +59,9 @@ def fmt(res: Bundle) -> str:
 
 
 def launcher_node_types(path: str) -> list[tuple[Bundle, int]] | None:
-    """(resources, max count) of every node type in a `ray up` autoscaler config, or None without one."""
+    """(resources, max count) of every node type in a `ray up` autoscaler config, or None without one. The
+    launcher fills in each type's CPUs and GPUs from its instance type; a type with no CPU count (detection
+    failed: `ray up` warns) has no known CPU limit, one with no GPU count has no GPU."""
     path = os.path.expanduser(path) if path else ""
     if not path or not os.path.isfile(path):
         return None
@@ -67,7 +69,7 @@ def launcher_node_types(path: str) -> list[tuple[Bundle, int]] | None:
         doc = yaml.safe_load(f) or {}
     types = doc.get("available_node_types") or {}
     head = doc.get("head_node_type")
-    return [({k: float(v) for k, v in (t.get("resources") or {}).items()},
+    return [({"CPU": math.inf, **{k: float(v) for k, v in (t.get("resources") or {}).items()}},
              1 if name == head else int(t.get("max_workers", doc.get("max_workers", 1)) or 0))
             for name, t in types.items()]
 
