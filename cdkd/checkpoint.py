@@ -5,6 +5,8 @@ the same directory and renamed over the old one, so a crash never leaves a half-
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import random
 from typing import Any, Callable
@@ -115,6 +117,21 @@ def export_program(model: nn.Module, input_shape: tuple[int, ...], path: str) ->
     _write_atomically(path, lambda tmp: torch.export.save(program, tmp))
 
 
+@contextlib.contextmanager
+def quiet_loggers(*names: str, level: int = logging.WARNING):
+    """The exporter's optimisation passes log ~20 INFO lines per export ("Replaced initializer ..."); a Ray
+    worker's console shows INFO, so these loggers are held at `level` while it runs."""
+    loggers = [logging.getLogger(n) for n in names]
+    before = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(level, lg.level))
+    try:
+        yield
+    finally:
+        for lg, lv in zip(loggers, before):
+            lg.setLevel(lv)
+
+
 def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str) -> str:
     """ONNX (one file, input `x` (batch, *input_shape) -> `logits`, dynamic batch); returns the exporter used.
 
@@ -133,7 +150,7 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str) -> st
         torch.onnx.export(model, example, tmp, dynamo=False, dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
                           **names)
 
-    with torch.no_grad():
+    with torch.no_grad(), quiet_loggers("onnx_ir", "onnxscript"):
         try:
             _write_atomically(path, dynamo)
             return "dynamo"

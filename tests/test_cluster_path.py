@@ -192,3 +192,19 @@ def cluster_nodes(cluster) -> list[dict]:
     out = subprocess.run([sys.executable, "-c", "import json, ray; ray.init(); print(json.dumps(ray.nodes()))"],
                          env=cluster["env"], capture_output=True, text=True, timeout=120)
     return [n for n in json.loads(out.stdout.strip().splitlines()[-1]) if n["Alive"]]
+
+
+def test_ray_internal_lines_are_kept_off_the_console_unless_asked():
+    """`cdkd.distributed` sets Ray's documented skip regex before ray is imported: it matches Ray's C++ log lines,
+    never cdkd's own; CDKD_RAY_LOGS=1 leaves it unset (the lines show again)."""
+    code = "import os, cdkd.distributed; print(os.environ.get('RAY_DEDUP_LOGS_SKIP_REGEX'))"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_DEDUP_LOGS_SKIP_REGEX"}
+    on = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=REPO)
+    off = subprocess.run([sys.executable, "-c", code], env={**env, "CDKD_RAY_LOGS": "1"}, capture_output=True,
+                         text=True, cwd=REPO)
+    skip = re.compile(on.stdout.strip())
+    assert skip.search("[2026-12-03 17:49:26,837 E 17957 17984] core_worker.cc:2465: Actor with class name: "
+                       "'PreemptionWatcher' and ID: 'c85' has constructor arguments in the object store")
+    assert not skip.search("[cdfkd_mfs] 25/300 s_header=1.153 loss_s=8.294 | 2.17 it/s | ETA 126s")
+    assert not skip.search("[cdkd] waiting 30s for 1 teacher actor(s) of {CPU: 1}, SPREAD")
+    assert off.stdout.strip() == "None"

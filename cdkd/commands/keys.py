@@ -136,8 +136,9 @@ def format_keys(width: int = 30) -> str:
     """The `config keys` section of `--help`: one line per key (help text wrapped under it)."""
     lines = ["config keys: --section.key=value (a Python/YAML literal), applied after the method's preset and the",
              "--config file; lists and mappings (yaml) are set in the --config file", ""]
-    section = None
-    for k in config_keys():
+    section, keys = None, config_keys()
+    width = max(width, *(len(k.name) + 2 for k in keys))  # a name never runs into its type
+    for k in keys:
         head = k.name.split(".")[0].split("[")[0]
         if head != section and "." in k.name:
             section = head
