@@ -66,10 +66,10 @@ def _run_on_ray(cfg: Config, resume: bool, threads: int, signals: StopSignals) -
         raise CdkdError(f"{cfg.run_dir} already holds a run; pass --resume to continue it or choose another run_dir")
     embedded = not ray.is_initialized() and not os.environ.get("RAY_ADDRESS")
     # On a cluster (RAY_ADDRESS) with Ray Train workers this driver only schedules: what needs the teachers runs
-    # on a worker's resources. Run here (the embedded local cluster) or with the engine in this process, every
-    # input check comes first, before Ray starts.
+    # on a worker's resources. With the teachers in actors, their checks run there. Otherwise (this machine does
+    # the work) every input check comes first, before Ray starts.
     schedule_only = not embedded and dc.workers > 0
-    if schedule_only:
+    if schedule_only or dc.teacher_pool == "ray":
         check_without_teachers(cfg)
     else:
         build(cfg)
