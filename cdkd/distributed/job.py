@@ -19,8 +19,8 @@ from ..runlock import run_lock
 from ..trainer import build, clear_stop_request, has_checkpoint, prepare_selection, request_stop
 from .launch import launch, make_pool
 from .prepare import check_without_teachers, named_bundles, prepare_on_worker
-from .resources import check_can_fit, fmt, node_capacities, total, wait_for, worker_bundle
-from .train import absolute_paths, init_ray
+from .resources import check_can_fit, embedded_cluster, fmt, node_capacities, total, wait_for, worker_bundle
+from .train import absolute_paths
 
 
 def run_on_ray(cfg: Config, resume: bool = False, threads: int = 0) -> dict[str, Any]:
@@ -64,7 +64,7 @@ def _run_on_ray(cfg: Config, resume: bool, threads: int, signals: StopSignals) -
     dc = cfg.distributed
     if has_checkpoint(cfg.run_dir) and not resume:
         raise CdkdError(f"{cfg.run_dir} already holds a run; pass --resume to continue it or choose another run_dir")
-    embedded = not ray.is_initialized() and not os.environ.get("RAY_ADDRESS")
+    embedded = embedded_cluster()
     # On a cluster (RAY_ADDRESS) with Ray Train workers this driver only schedules: what needs the teachers runs
     # on a worker's resources. With the teachers in actors, their checks run there. Otherwise (this machine does
     # the work) every input check comes first, before Ray starts.
@@ -76,7 +76,7 @@ def _run_on_ray(cfg: Config, resume: bool, threads: int, signals: StopSignals) -
     if dc.workers == 0 and dc.teacher_pool == "local":  # the engine here, its teachers here: no Ray at all
         return launch(cfg, None, resume=resume, threads=threads)
     if not ray.is_initialized():
-        init_ray()
+        ray.init()  # the cluster in RAY_ADDRESS (`ray job submit` sets it), else an embedded local one
     signals.install()  # over Ray's own SIGTERM handler, which ends the driver at once
     nodes, final = node_capacities(dc, embedded)
     check_can_fit(named_bundles(cfg), nodes, final, "this cluster" if embedded else "the cluster's node types")

@@ -24,6 +24,12 @@ from ..errors import CdkdError
 Bundle = dict[str, float]
 
 
+def embedded_cluster() -> bool:
+    """Whether `ray.init()` here would start the local cluster (no connection yet, no RAY_ADDRESS): its nodes are
+    all there will be, and this machine does the work."""
+    return not ray.is_initialized() and not os.environ.get("RAY_ADDRESS")
+
+
 def num_actors(dc: DistributedConfig, num_teachers: int) -> int:
     """`teacher_actors` actors (0 = one per teacher), never more than there are teachers."""
     return min(dc.teacher_actors or num_teachers, num_teachers)
@@ -134,13 +140,13 @@ def wait_for(refs: list[ray.ObjectRef], what: str, need: Bundle, timeout_s: floa
         if len(ready) == len(refs):
             return
         waited = time.monotonic() - start
-        available, total = ray.available_resources(), ray.cluster_resources()
+        available, whole = ray.available_resources(), ray.cluster_resources()
         short = missing(need, available)
         if timeout_s and waited >= timeout_s - 1e-3:
             raise CdkdError(f"gave up after {waited:.0f}s (distributed.placement_timeout_s) waiting for {what}: "
-                            f"missing {fmt(short)} of {fmt(need)}; the cluster has {fmt(total)}")
+                            f"missing {fmt(short)} of {fmt(need)}; the cluster has {fmt(whole)}")
         print(f"[cdkd] waiting {waited:.0f}s for {what} ({fmt(need)}; short of {fmt(short)}): the cluster has "
-              f"{fmt({k: available.get(k, 0.0) for k in total})} free of {fmt(total)}", flush=True)
+              f"{fmt({k: available.get(k, 0.0) for k in whole})} free of {fmt(whole)}", flush=True)
 
 
 def total(bundles: list[Bundle]) -> Bundle:

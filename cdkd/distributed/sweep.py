@@ -37,8 +37,8 @@ from ..search_space import Param, apply, parse_space
 from ..trainer import build, evaluate, prepare_selection
 from .launch import launch, make_pool
 from .prepare import check_without_teachers, named_bundles, prepare_on_worker
-from .resources import check_can_fit, fmt, how_many_fit, node_capacities, run_bundles, total, worker_bundle
-from .train import CKPT_FILE, ReportedCheckpoints, absolute_paths, init_ray
+from .resources import check_can_fit, embedded_cluster, fmt, how_many_fit, node_capacities, run_bundles, total, worker_bundle
+from .train import CKPT_FILE, ReportedCheckpoints, absolute_paths
 
 METRICS = {"probe_agreement": "max", "probe_tv": "min", "val_acc": "max", "val_miou": "max"}
 SCHEDULERS = ("asha", "pbt", "fifo")
@@ -178,14 +178,14 @@ def _run_sweep(s: SweepSettings, params: list[Param], resume: bool) -> dict[str,
                         "sweep directory")
     if not exists:
         s.save()
-    embedded = not ray.is_initialized() and not os.environ.get("RAY_ADDRESS")
+    embedded = embedded_cluster()
     with_data = base_cfg.probe.val_samples > 0
     if embedded:  # this machine does the work: every check, then the sweep's one probe set, before Ray starts
         prepare_selection(build(base_cfg, with_data=with_data))
     else:  # a cluster's driver only schedules: what needs the teachers runs on a worker's resources (below)
         check_without_teachers(base_cfg, s.sweep_dir)
     if not ray.is_initialized():
-        init_ray()
+        ray.init()  # the cluster in RAY_ADDRESS (`ray job submit` sets it), else an embedded local one
     # A trial is the sum of its bundles: its process, its Ray Train workers, its teacher actors. Tune reserves the
     # process only: Train V2 and the teacher pool place the rest in placement groups of their own, so a
     # PlacementGroupFactory holding them too would reserve them twice. Concurrency counts whole trials instead.

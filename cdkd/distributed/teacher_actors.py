@@ -32,7 +32,7 @@ from ..errors import CdkdError, TeacherError, first_line
 from ..objectives import Targets
 from ..teacher_pool import GroupStep, Pending, PoolSpec, TeacherGroup, fingerprint, merge_targets
 from ..teachers import InputNorm, input_space, load_teacher, validate_teachers
-from .resources import fmt, num_actors, teacher_bundle, wait_for
+from .resources import fmt, num_actors, teacher_bundle, total, wait_for
 
 
 @ray.remote
@@ -135,7 +135,7 @@ class RayTeacherPool:
         self.pg = placement_group([dict(bundle) for _ in range(m)], strategy=dc.placement)
         try:  # pends while the cluster grows (an autoscaler adds the nodes); a line every wait_report_s
             wait_for([self.pg.ready()], f"{m} teacher actor(s) of {fmt(bundle)}, {dc.placement}",
-                     {k: v * m for k, v in bundle.items()}, dc.placement_timeout_s, dc.wait_report_s)
+                     total([bundle] * m), dc.placement_timeout_s, dc.wait_report_s)
         except BaseException:
             remove_placement_group(self.pg)
             raise
@@ -178,12 +178,13 @@ class RayTeacherPool:
         # one input space for the whole pool: the first declared normalisation in config order (as in-process)
         self.norms = [n for info in infos for n in info["norms"]]
         self.input_space = next((n for n in self.norms if n is not None), None)
+        self.version = -1
         self._set_up(None)
         self.stats = {"put_s": 0.0, "wait_s": 0.0, "compute_s": 0.0}  # seconds in training calls, for the benchmark
 
     def _set_up(self, spec: PoolSpec | None) -> None:
         """A new set-up (objective, input space) that every later call carries, in the object store once."""
-        self.version = getattr(self, "version", -1) + 1
+        self.version += 1
         self.setup = ray.put((self.version, spec, self.input_space))
 
     def configure(self, spec: PoolSpec) -> None:

@@ -123,11 +123,6 @@ def quiet_report_lines(level: str) -> None:
             handler.addFilter(ReportLineFilter())
 
 
-def init_ray() -> None:
-    """Connect to the cluster in RAY_ADDRESS (`ray job submit` sets it), or start an embedded local one."""
-    ray.init()
-
-
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     cfg = make_config(config["config"])
     quiet_report_lines(cfg.distributed.log_level)
