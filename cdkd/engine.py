@@ -50,6 +50,16 @@ def make_optimizers(cfg: Config, student: nn.Module, generator: nn.Module
     return opt_s, torch.optim.Adam(generator.parameters(), o.generator_lr)
 
 
+def models_channels_last(cfg: Config, input_shape: tuple[int, ...]) -> bool:
+    """Whether student and teachers run in channels_last (the generator does whenever `train.channels_last`).
+
+    Under bf16 autocast everywhere (amp_scope=all), and in fp32 for colour images: oneDNN's convolutions want
+    the NHWC layout (fp32 on 2 cores of an AMD EPYC, paper setting: 3 x ResNet-34 targets 9.6 vs 10.2 s, a student
+    step 1.31 vs 1.50 s). One-channel LeNets on MNIST are faster NCHW.
+    """
+    return cfg.train.channels_last and (cfg.train.amp_scope == "all" or (len(input_shape) == 3 and input_shape[0] >= 3))
+
+
 @dataclass
 class LossPairing:
     """Which teacher/student pairings the losses use, decided once from shapes before training."""
@@ -113,8 +123,10 @@ class Distiller(nn.Module):
         if cfg.train.ema:
             self.ema = AveragedModel(generator, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_momentum))
         self.use_feat, self.at_stages = pairing.use_feat, pairing.at_stages
+        self.channels_last = models_channels_last(cfg, tuple(pool.input_shape))
         self.pool_spec = PoolSpec(self.lc, k, self.use_feat, self.at_stages,
-                                  cfg.train.amp if cfg.train.amp_scope == "all" else "none")
+                                  cfg.train.amp if cfg.train.amp_scope == "all" else "none",
+                                  channels_last=self.channels_last, compile=cfg.train.compile == "teachers")
         self.pool.configure(self.pool_spec)
         self.opt_s, self.opt_g = optimizers
         self.sched_s, self.sched_g = build_scheduler(self.opt_s, cfg), build_scheduler(self.opt_g, cfg)
@@ -165,8 +177,7 @@ class Distiller(nn.Module):
         z, y = latent or self.latent(n)
         with self.amp("generator"):
             x = generator(z, y)
-        fmt = torch.channels_last if self.cfg.train.channels_last and self.cfg.train.amp_scope == "all" \
-            else torch.contiguous_format
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         return x.float().contiguous(memory_format=fmt), y
 
     @torch.no_grad()
@@ -279,12 +290,10 @@ class Distiller(nn.Module):
         teachers as soon as it exists: a remote pool computes the student targets and the teachers' forward
         of the generator step while the engine draws and steps the student.
         """
-        batches = []
-        for _ in range(self.cfg.train.student_steps):
-            x, y = self.student_batch()
-            batches.append((x, y, self.pool.targets(x), None))
+        drawn = [self.student_batch() for _ in range(self.cfg.train.student_steps)]
+        targets = self.send_targets([x for x, _ in drawn])
         generator_batch = self.generator_batch()
-        logs = self.student_phase(batches)
+        logs = self.student_phase([(x, y, t, None) for (x, y), t in zip(drawn, targets)])
         logs.update(self.generator_step(generator_batch))
         return logs
 
@@ -297,14 +306,19 @@ class Distiller(nn.Module):
         latent = self.latent(self.cfg.train.batch_size)
         logs = self.generator_step(self.generator_batch(latent))
         x, y = self.draw(self.generator_fwd, latent)
-        targets = self.pool.targets(x)
-        ema: list[tuple | None] = [None] * self.cfg.train.student_steps
-        if self.ema is not None:
-            for i in range(len(ema)):
-                x_e, y_e = self.draw(self.ema.module)
-                ema[i] = (x_e, y_e, self.pool.targets(x_e))
+        n = self.cfg.train.student_steps
+        drawn = [self.draw(self.ema.module) for _ in range(n)] if self.ema is not None else []
+        targets, *ema_targets = self.send_targets([x] + [x_e for x_e, _ in drawn])
+        ema = [(x_e, y_e, t) for (x_e, y_e), t in zip(drawn, ema_targets)] or [None] * n
         logs.update(self.student_phase([(x, y, targets, e) for e in ema]))
         return logs
+
+    def send_targets(self, xs: list[torch.Tensor]) -> list[Pending[Targets]]:
+        """The teachers' targets of this iteration's student batches, asked for at once (answers collected later):
+        with `train.batched_targets`, an in-process pool runs one forward over all of them."""
+        if self.cfg.train.batched_targets:
+            return self.pool.targets_of(xs)
+        return [self.pool.targets(x) for x in xs]
 
     def student_phase(self, batches: list[tuple[torch.Tensor, torch.Tensor | None, Pending[Targets], tuple | None]]
                       ) -> dict[str, float]:

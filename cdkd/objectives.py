@@ -36,6 +36,15 @@ class Targets:
         maps = [torch.cat(ms, 1) for ms in zip(*(p.maps for p in parts))] if parts[0].maps else None
         return Targets(torch.cat([p.logits for p in parts], 1), pooled, maps)
 
+    def split(self, sizes: list[int]) -> list["Targets"]:
+        """The targets of consecutive sub-batches of `sizes` samples (the inverse of `cat`)."""
+        logits = self.logits.split(sizes, 1)
+        pooled = [[None] * len(sizes) if f is None else f.split(sizes) for f in self.pooled] \
+            if self.pooled is not None else None
+        maps = [m.split(sizes, 1) for m in self.maps] if self.maps else None
+        return [Targets(logits[i], [f[i] for f in pooled] if pooled is not None else None,
+                        [m[i] for m in maps] if maps is not None else None) for i in range(len(sizes))]
+
 
 def discrepancy(s: torch.Tensor, t: torch.Tensor, kind: str, lc: LossConfig) -> torch.Tensor:
     """(1/K) sum_k D(s_k, t_k) for paired (K, B, C) logits; D is L1 (DFAD/CDFKD-MFS) or KL(t||s) (ABM/MAD)."""

@@ -2,7 +2,8 @@
 
 The engine asks the pool three things (spec 7), the first two as answers to collect later (`Pending`), so a
 remote pool computes while the engine goes on:
-- `targets(x)`: the no-grad targets of one student batch;
+- `targets(x)`: the no-grad targets of one student batch; `targets_of(xs)` those of several batches at once
+  (in-process: one forward over all of them; Ray actors: one call per batch, so each starts at once);
 - `generator_side(x, y[, spec])`: the teachers' half of a generator step (spec 7.2), a `TeacherStep` in two
   parts: the forward on x starts at the call (`logits()` collects t, (K, B, C)); `backward(s)`, given the
   student's paired logits, computes the summed teacher-side input gradient sum_k g_k. `spec` overrides the
@@ -37,6 +38,8 @@ class PoolSpec:
     at_stages: int = 0               # send attention maps of the first `at_stages` stages
     amp: str = "none"                # autocast dtype for teacher forwards: bf16 | fp16 | none
     global_batch: bool = False       # BN prior on the moments of all DDP ranks' batch (in-process pool under DDP)
+    channels_last: bool = False      # teachers (and their inputs) in channels_last memory format
+    compile: bool = False            # torch.compile (inductor, weights frozen) the teachers' no-grad forward
 
 
 T = TypeVar("T")
@@ -75,6 +78,7 @@ class TeacherPool(Protocol):
     def configure(self, spec: PoolSpec) -> None: ...
     def describe(self, x: torch.Tensor) -> list[dict[str, Any]]: ...
     def targets(self, x: torch.Tensor) -> Pending[Targets]: ...
+    def targets_of(self, xs: list[torch.Tensor]) -> list[Pending[Targets]]: ...
     def generator_side(self, x: torch.Tensor, y: torch.Tensor | None, spec: PoolSpec | None = None
                        ) -> TeacherStep: ...
     def logits(self, x: torch.Tensor) -> torch.Tensor: ...
@@ -136,6 +140,8 @@ class TeacherGroup(nn.Module):
         self.input_space: InputNorm | None = None
         self.norms = [t.norm for t in teachers]
         self.task = getattr(teachers[0], "task", "classification") if teachers else "classification"
+        self.memory_format = torch.contiguous_format
+        self._compiled: list[Callable] | None = None  # the compiled no-grad forwards (`spec.compile`), once built
 
     @classmethod
     def validated(cls, teachers: list[Teacher], input_shape: tuple[int, ...] | None = None,
@@ -150,6 +156,16 @@ class TeacherGroup(nn.Module):
 
     def configure(self, spec: PoolSpec) -> None:
         self.spec = spec
+        fmt = torch.channels_last if spec.channels_last else torch.contiguous_format
+        if fmt != self.memory_format:  # (a layout only: the same weights, the same answers)
+            self.memory_format = fmt
+            for t in self.teachers:
+                t.to(memory_format=fmt)
+
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        """x on the teachers' device, in their memory format (4-D image batches)."""
+        x = x.to(self.device)
+        return x.contiguous(memory_format=self.memory_format) if x.dim() == 4 else x
 
     @property
     def device(self) -> torch.device:
@@ -166,11 +182,28 @@ class TeacherGroup(nn.Module):
         return [{"pooled_dim": o.pooled.shape[-1] if o.pooled is not None else None,
                  "stage_sizes": [tuple(a.shape[-2:]) for a in o.stages]} for o in outs]
 
+    def _no_grad_forwards(self) -> list[Callable]:
+        """The teachers' no-grad forwards: compiled by inductor with their weights frozen as constants (BN folded
+        into the convolutions, oneDNN weights pre-packed) where `spec.compile` asks, else eager."""
+        if not self.spec.compile:
+            return list(self.teachers)
+        if self._compiled is None:
+            self._compiled = [torch.compile(t, dynamic=False, options={"freezing": True}) for t in self.teachers]
+        return self._compiled
+
     @torch.no_grad()
     def _targets(self, x: torch.Tensor) -> Targets:
-        x = x.to(self.device)
+        x = self._input(x)
         with self._amp():
-            outs = [t(x) for t in self.teachers]
+            try:
+                outs = [f(x) for f in self._no_grad_forwards()]
+            except Exception as e:  # noqa: BLE001 - no compiler, an op inductor cannot lower: run them eagerly
+                if not self.spec.compile:
+                    raise
+                why = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]}"
+                print(f"[cdkd] torch.compile of the teachers failed ({why}); running them eagerly", flush=True)
+                self.spec.compile, self._compiled = False, None
+                outs = [t(x) for t in self.teachers]
         logits = torch.stack([o.logits.float() for o in outs])
         pooled = [o.pooled.float() if o.pooled is not None else None for o in outs] if self.spec.use_feat else None
         maps = None
@@ -181,6 +214,15 @@ class TeacherGroup(nn.Module):
     def targets(self, x: torch.Tensor) -> Pending[Targets]:
         """The targets of batch x, computed when the caller collects them."""
         return Pending(lambda: self._targets(x))
+
+    def targets_of(self, xs: list[torch.Tensor]) -> list[Pending[Targets]]:
+        """The targets of several batches from one forward over all of them, computed when the first is
+        collected: eval-mode teachers answer each sample alone, so this is `targets` per batch in one larger call
+        (`train.batched_targets`; on 2 CPU cores slower than per batch: 320 images overflow the caches)."""
+        if len(xs) == 1:
+            return [self.targets(xs[0])]
+        whole = Pending(lambda: self._targets(torch.cat(xs)).split([len(x) for x in xs]))
+        return [Pending(lambda i=i: whole.result()[i]) for i in range(len(xs))]
 
     def generator_side(self, x: torch.Tensor, y: torch.Tensor | None, spec: PoolSpec | None = None
                        ) -> "GroupStep":
@@ -201,7 +243,7 @@ class GroupStep:
     def __init__(self, group: TeacherGroup, x: torch.Tensor, y: torch.Tensor | None, spec: PoolSpec) -> None:
         dev = group.device
         self.spec, self.y = spec, (y.to(dev) if y is not None else None)
-        self.x = x.detach().to(dev).requires_grad_(True)
+        self.x = group._input(x.detach()).requires_grad_(True)
         with autocast(dev.type, spec.amp):
             self.outs = [t(self.x, bn_stats=spec.loss.w_bn > 0, global_batch=spec.global_batch)
                          for t in group.teachers]

@@ -24,7 +24,7 @@ from .aggregation import fit_aggregator
 from .checkpoint import atomic_save, export_student, rng_state, set_rng_state
 from .config import Config
 from .data import ImageData, in_space, load_data
-from .engine import Distiller, make_optimizers, pair_losses
+from .engine import Distiller, make_optimizers, models_channels_last, pair_losses
 from .errors import CdkdError, ConfigError, NonFiniteLossError, first_line
 from .global_bn import local_batch_stats
 from .interrupt import Interrupted, StopSignals, resume_hint
@@ -142,8 +142,8 @@ def build(cfg: Config, with_data: bool = True, pool: TeacherPool | None = None,
     generator = create_model(gen_name, **gen_kwargs)
     if cfg.train.channels_last:
         generator = generator.to(memory_format=torch.channels_last)
-        if cfg.train.amp_scope == "all":
-            student = student.to(memory_format=torch.channels_last)
+    if models_channels_last(cfg, tuple(shape)):
+        student = student.to(memory_format=torch.channels_last)
     student, generator = as_student(student).to(device), generator.to(device)
     pairing = pair_losses(pool, student, shape, cfg.loss)  # may add the student's feature projection, so first
     distiller = Distiller(cfg, pool, student, generator, num_classes, make_optimizers(cfg, student, generator),

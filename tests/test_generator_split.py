@@ -57,13 +57,15 @@ def test_split_equals_autograd(teacher_paths, method, student):
     assert max(g.abs().max().item() for g in split) > 1e-4  # the comparison is not between zeros
 
 
-def test_iteration_sends_teacher_work_before_it_collects_answers(teacher_paths, monkeypatch):
+@pytest.mark.parametrize("batched", [False, True])
+def test_iteration_sends_teacher_work_before_it_collects_answers(teacher_paths, monkeypatch, batched):
     """What lets a remote pool overlap the engine: every student batch and the generator step's input reach the
     pool before the first answer is collected, and the teachers' backward is sent before the student side."""
-    cfg = make_config(tiny_config(teacher_paths, train={"student_steps": 3}))
+    cfg = make_config(tiny_config(teacher_paths, train={"student_steps": 3, "batched_targets": batched}))
     d = build(cfg, with_data=False).distiller
     pool, events = d.pool, []
-    targets, generator_side, student_step = pool.targets, pool.generator_side, d.student_step
+    targets, targets_of = pool.targets, pool.targets_of
+    generator_side, student_step = pool.generator_side, d.student_step
 
     def logged(name, pending):
         wait = pending.result
@@ -78,9 +80,12 @@ def test_iteration_sends_teacher_work_before_it_collects_answers(teacher_paths, 
         return step
 
     pool.targets = lambda x: events.append("send targets") or logged("targets", targets(x))
+    pool.targets_of = lambda xs: events.append(f"send targets x{len(xs)}") or [logged("targets", p)
+                                                                               for p in targets_of(xs)]
     pool.generator_side = generator_side_logged
     d.student_step = lambda *a: events.append("student step") or student_step(*a)
     monkeypatch.setattr(engine, "student_side", lambda *a: events.append("student side") or student_side(*a))
     d.train_iteration()
-    assert events == (["send targets"] * 3 + ["send generator forward"] + ["collect targets", "student step"] * 3
+    sends = ["send targets x3"] if batched else ["send targets"] * 3
+    assert events == (sends + ["send generator forward"] + ["collect targets", "student step"] * 3
                       + ["send backward", "student side", "collect backward"])

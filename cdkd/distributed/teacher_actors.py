@@ -237,6 +237,10 @@ class RayTeacherPool:
             return merge_targets([t for t, _ in parts])
         return Pending(wait)
 
+    def targets_of(self, xs: list[torch.Tensor]) -> list[Pending[Targets]]:
+        """One call per batch: the actors start on the first while the engine steps the student on it."""
+        return [self.targets(x) for x in xs]
+
     def generator_side(self, x: torch.Tensor, y: torch.Tensor | None, spec: PoolSpec | None = None
                        ) -> "RemoteStep":
         return RemoteStep(self, x, y, spec)
