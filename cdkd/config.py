@@ -105,9 +105,10 @@ class TrainConfig:
                                       # per student step, loss D(G batch) + D(EMA batch))
     ema_momentum: float = 0.95
     amp: str = "auto"                 # auto | bf16 | fp16 (GPU) | none: autocast dtype; auto = bf16 where bf16
-                                      # convolutions are fast (CUDA with bf16, AMX CPUs), else none (fp32)
+                                      # convolutions are fast (CUDA with bf16, AMX CPUs, CPUs with avx512_bf16
+                                      # where a bf16 convolution measures >= 1.25x fp32), else none (fp32)
     amp_scope: str = "generator"      # generator | all | auto: which models run under autocast;
-                                      # auto = all on CUDA and AMX CPUs (fast bf16 convolutions), else generator
+                                      # auto = all where bf16 convolutions are fast (as amp), else generator
     channels_last: bool = True        # channels_last layout: the generator; student and teachers too under amp_scope
                                       # all or for colour images (fp32 1-channel LeNets are faster NCHW)
     compile: str = "none"             # none | teachers: torch.compile (inductor, frozen weights) the teachers' forward

@@ -34,7 +34,7 @@ def train_classifier(model: nn.Module, train: Dataset, test: Dataset, epochs: in
     """SGD (momentum 0.9, Nesterov, wd 5e-4) with a per-step cosine or one-cycle schedule; returns test accuracy.
 
     `channels_last` and `amp='bf16'` are CPU speed settings (README "CIFAR" says where each wins); `amp='auto'`
-    is bf16 where bf16 convolutions are fast (AMX CPUs), else none.
+    is bf16 where bf16 convolutions are fast (`teacher_pool.fast_bf16`), else none.
     """
     from .teacher_pool import autocast, fast_bf16
     if amp == "auto":

@@ -225,10 +225,20 @@ def test_milestones_survive_float_error():
 
 
 def test_fast_bf16_follows_what_the_device_reports(monkeypatch):
-    """CUDA: native bf16 as torch.cuda.is_bf16_supported reports it (emulation is not fast); CPU: AMX tiles."""
-    for amx in (True, False):
+    """CUDA: native bf16 as torch.cuda.is_bf16_supported reports it (emulation is not fast); CPU: AMX tiles, or
+    avx512_bf16 where a bf16 convolution measures >= 1.25x faster than fp32 (measured only then)."""
+    from cdkd import teacher_pool
+    measured = []
+    monkeypatch.setattr(teacher_pool, "bf16_conv_speedup", lambda: measured.append(speedup) or speedup)
+    for amx, avx512_bf16, speedup, fast in ((True, False, 0.5, True), (False, False, 2.0, False),
+                                            (False, True, 2.0, True), (False, True, 1.2, False)):
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx)
-        assert fast_bf16(torch.device("cpu")) is amx
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        assert fast_bf16(torch.device("cpu")) is fast
+    assert measured == [2.0, 1.2]  # the probe runs only for avx512_bf16 without AMX
+    monkeypatch.undo()
+    ratio = teacher_pool.bf16_conv_speedup()  # the real probe: a finite positive ratio, cached for the process
+    assert 0 < ratio < float("inf") and teacher_pool.bf16_conv_speedup() == ratio
     asked = []
     for native in (True, False):
         def supported(including_emulation=True, native=native):
