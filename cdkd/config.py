@@ -105,8 +105,8 @@ class TrainConfig:
                                       # per student step, loss D(G batch) + D(EMA batch))
     ema_momentum: float = 0.95
     amp: str = "auto"                 # auto | bf16 | fp16 (GPU) | none: autocast dtype; auto = bf16 where bf16
-                                      # convolutions are fast (CUDA with bf16, AMX CPUs, CPUs with avx512_bf16
-                                      # where a bf16 convolution measures >= 1.25x fp32), else none (fp32)
+                                      # convolutions are fast (CUDA with bf16, AMX CPUs, AMD CPUs with
+                                      # avx512_bf16), else none (fp32)
     amp_scope: str = "generator"      # generator | all | auto: which models run under autocast;
                                       # auto = all where bf16 convolutions are fast (as amp), else generator
     channels_last: bool = True        # channels_last layout: the generator; student and teachers too under amp_scope

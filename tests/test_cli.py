@@ -59,7 +59,7 @@ def test_field_comments_are_read_from_the_source():
         d: float = 0.5                # the d
 
     assert field_comments(Demo) == {"a": "the a", "b": "", "c": "first line and its continuation", "d": "the d"}
-    assert field_comments(C.TrainConfig)["amp_scope"].endswith("AMX CPUs (fast bf16 convolutions), else generator")
+    assert field_comments(C.TrainConfig)["amp_scope"].endswith("auto = all where bf16 convolutions are fast (as amp), else generator")
 
 
 def test_print_config_round_trips(tmp_path, capsys, teacher_paths):
