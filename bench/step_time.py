@@ -122,9 +122,8 @@ def conv_gflops(repeats: int = 10) -> float:
 def setting_main(args, overrides: list[str]) -> None:
     variants = [*BEFORE.items(), ("after", overrides)] if args.compare else [("as_configured", overrides)]
     runs = {name: paper_run(args.setting, args.batch_size, extra) for name, extra in variants}
-    for name in BEFORE:
-        if name in runs and runs[name].cfg.train.amp_scope != "all":
-            nchw_models(runs[name].distiller)
+    for name in BEFORE if args.compare else ():
+        nchw_models(runs[name].distiller)
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.repeats):  # alternate, so both see the same machine load
         for name, run in runs.items():
