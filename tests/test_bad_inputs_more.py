@@ -51,6 +51,8 @@ OVERRIDE_ROWS = {
     "kl_reduction_unknown": ("--loss.kl_reduction=sum", "loss.kl_reduction='sum': choose one of batchmean, mean"),
     "keep_best_unknown": ("--train.keep_best=test", "train.keep_best='test': choose one of none, val, probe"),
     "amp_unknown": ("--train.amp=fp8", "train.amp='fp8': choose one of auto, bf16, fp16, none"),
+    "compile_unknown": ("--train.compile=fast", "train.compile='fast': choose one of none, teachers"),
+    "batched_targets_not_bool": ("--train.batched_targets=maybe", "train.batched_targets: expected bool, got 'maybe'"),
     "student_clip_negative": ("--optim.student_grad_clip=-1", "optim.student_grad_clip must be >= 0"),
     "placement_timeout_negative": ("--distributed.placement_timeout_s=-5",
                                    "distributed.placement_timeout_s must be >= 0"),
