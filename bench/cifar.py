@@ -23,7 +23,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import calibrated_iterations, overlap, seconds_per_iteration, summary  # noqa: E402
-from cdkd.config import METHODS, Config, make_config  # noqa: E402
+from cdkd.config import METHODS, PRESETS, Config, make_config  # noqa: E402
 from cdkd.data import load_data  # noqa: E402
 from cdkd.demo import ensure_teachers  # noqa: E402
 from cdkd.metrics import read_metrics  # noqa: E402
@@ -43,6 +43,14 @@ CIFAR_DISTILL = {
     "train": {"batch_size": 64, "student_steps": 5, "amp_scope": "auto", "log_every": 20, "ckpt_every": 100, "sample_every": 500},
     "probe": {"samples": 512, "steps": 100, "snapshots": 4, "batch_size": 64},
 }
+
+
+def bench_settings(method: str) -> dict:
+    """CIFAR_DISTILL without the keys that `method`'s preset sets: a preset named after a paper keeps its own
+    loop settings (MAD: batch 128, 10 student steps per generator step, nz 100), the bench fills in the rest."""
+    preset = PRESETS[method]
+    return {section: {k: v for k, v in values.items() if k not in preset.get(section, {})}
+            for section, values in CIFAR_DISTILL.items()}
 
 
 def run_config(base: dict, overrides: list[str], iterations: int, seed: int, run_dir: str, *extra: str) -> Config:
@@ -89,13 +97,14 @@ def main() -> None:
     data = load_data(args.dataset, args.data_dir)
     paths = ensure_teachers(data, args.dataset, args.arch, args.teacher_seeds, args.teachers_dir,
                             args.teacher_epochs or None)
-    base = {**CIFAR_DISTILL, "method": args.method, "teachers": [{"path": q} for q in paths],
+    settings = bench_settings(args.method)
+    base = {**settings, "method": args.method, "teachers": [{"path": q} for q in paths],
             "data": {"name": args.dataset, "root": args.data_dir},
-            "model": {**CIFAR_DISTILL["model"], "student": args.student}}
+            "model": {**settings["model"], "student": args.student}}
     stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     run_dir = os.path.join("runs", "bench", f"{args.dataset}-{args.method}-{stamp}")
     if args.overlap:
-        shared = {**base, "probe": {**CIFAR_DISTILL["probe"], "path": f"{run_dir}/probe.pt"}}  # one probe set
+        shared = {**base, "probe": {**settings["probe"], "path": f"{run_dir}/probe.pt"}}  # one probe set
         line = overlap(lambda sub: run_config(shared, overrides, args.overlap_iterations, args.seeds[0],
                                               f"{run_dir}/{sub}"), data, paths)
         print(json.dumps({"bench": "cifar_overlap", "dataset": args.dataset, "method": args.method, **line}), flush=True)

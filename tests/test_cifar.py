@@ -46,3 +46,33 @@ def test_unknown_student_kwargs_is_one_line(teacher_paths):
     cfg = make_config(tiny_config(teacher_paths, model={"student_kwargs": {"widht": 8}}))
     with pytest.raises(ConfigError, match="model.student_kwargs: 'mfs_lenet5_half' takes no 'widht'"):
         build(cfg, with_data=False)
+
+
+def test_cifar_bench_keeps_each_presets_own_loop_settings():
+    """bench/cifar.py's settings fill in what a preset leaves open and never override what it sets."""
+    from bench.cifar import CIFAR_DISTILL, bench_settings
+    assert bench_settings("cdfkd_mfs") == CIFAR_DISTILL  # its preset sets only the schedule
+    mad = make_config({**bench_settings("mad"), "method": "mad"})
+    assert (mad.train.batch_size, mad.train.student_steps, mad.model.nz, mad.train.loop) == (128, 10, 100, "abm")
+    assert mad.model.ngf == CIFAR_DISTILL["model"]["ngf"]  # unset by the preset: the bench's
+    ddad = make_config({**bench_settings("ddad"), "method": "ddad"})
+    assert (ddad.train.batch_size, ddad.train.student_steps, ddad.optim.momentum) == (64, 5, 0.0)
+    assert ddad.optim.milestones == [0.2, 0.4]
+
+
+@pytest.mark.parametrize("name", ["mfs_resnet18", "mfs_wrn_16_1"])
+def test_encoder_health_watches_each_headers_last_relu(name):
+    """bench/encoder_health.py reads the BN and ReLU that end each header's last encoder (the one that dies)."""
+    import torch
+    from bench.encoder_health import last_encoders
+    from cdkd.models import create_model
+    student = create_model(name, num_classes=10)
+    pairs = last_encoders(student)
+    assert len(pairs) == student.num_headers == 3
+    seen = []
+    for k, (bn, relu) in enumerate(pairs):
+        assert isinstance(bn, torch.nn.BatchNorm2d) and isinstance(relu, torch.nn.ReLU)
+        relu.register_forward_hook(lambda m, i, o, k=k: seen.append((k, o.shape[1], bool((o >= 0).all()))))
+    student(torch.randn(2, 3, 32, 32))
+    width = student.headers[0].classifier.in_features
+    assert seen == [(0, width, True), (1, width, True), (2, width, True)]
