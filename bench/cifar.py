@@ -37,6 +37,10 @@ WARMUP = 2
 # 0.03 of its outputs positive, frozen there, the student a constant (val_acc 0.10, probe_agreement 0.15).
 # With momentum 0 the encoder stays alive (0.49 positive after 120 iterations) and val_acc (1000 training-split
 # samples) rises to 0.156; momentum 0.5 keeps it alive but reaches 0.126. Chosen on val_acc (session note, stop 15).
+# The paper's own student does not die this way (bench/encoder_health.py, 3 x WRN-16-2, B 64, fp32, w_feat 0,
+# momentum 0.9, 30 iterations; bench/README.md "Why no momentum"): cdkd's mfs_resnet18 dips to 0.23-0.34 of the last
+# encoder's outputs positive and ends at 0.43-0.55; the official CDFKD_MFS.py loop with its mhresnet8x18 on the same
+# teachers dips to 0.05-0.12 and ends at 0.28-0.31. Same drift in both codes, so no cdkd-only cause was found.
 CIFAR_DISTILL = {
     "model": {"nz": 256, "ngf": 64},
     "optim": {"momentum": 0.0},
