@@ -25,6 +25,7 @@ from bench.common import calibrated_iterations, seconds_per_iteration  # noqa: E
 from cdkd.config import load_config  # noqa: E402
 from cdkd.data import load_data  # noqa: E402
 from cdkd.demo import ensure_teachers  # noqa: E402
+from cdkd.teacher_pool import cpuinfo  # noqa: E402
 from cdkd.teachers import load_cdkd  # noqa: E402
 from cdkd.trainer import build, train  # noqa: E402
 
@@ -33,13 +34,11 @@ CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 
 
 def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
-        amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-        return f"{name}{' (AMX)' if amx else ''}, {os.cpu_count()} cores"
-    except (OSError, StopIteration):
+    name = cpuinfo("model name")
+    if not name:
         return platform.processor()
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    return f"{name}{' (AMX)' if amx else ''}, {os.cpu_count()} cores"
 
 
 def main() -> None:

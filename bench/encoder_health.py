@@ -48,9 +48,10 @@ def main() -> None:
     if missing:
         sys.exit(f"[cdkd] no cached teacher {missing[0]}: train them first (bench/cifar.py or jobs/train_teachers.py)")
     stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    base = {**bench_settings(args.method), "method": args.method, "teachers": [{"path": q} for q in paths],
-            "model": {**bench_settings(args.method)["model"], "student": args.student},
-            "train": {**bench_settings(args.method)["train"], "amp": "none"}, "probe": {"samples": 0}}
+    settings = bench_settings(args.method)
+    base = {**settings, "method": args.method, "teachers": [{"path": q} for q in paths],
+            "model": {**settings["model"], "student": args.student},
+            "train": {**settings["train"], "amp": "none"}, "probe": {"samples": 0}}
     cfg = make_config(base, ["--train.iterations=1000", f"--run_dir=runs/bench/encoder-health-{stamp}", *overrides])
     run = build(cfg, with_data=False)
     d = run.distiller

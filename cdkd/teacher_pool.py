@@ -118,16 +118,21 @@ def fast_bf16(device: torch.device) -> bool:
 
 
 @functools.cache
-def cpu_vendor() -> str:
-    """The CPU's vendor string as Linux reports it (`vendor_id` in /proc/cpuinfo), '' where unknown."""
+def cpuinfo(key: str) -> str:
+    """The first `key` field of /proc/cpuinfo (e.g. 'vendor_id', 'model name'), '' where Linux has none."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("vendor_id"):
+                if line.split(":", 1)[0].strip() == key:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return ""
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor string as Linux reports it (`vendor_id`), '' where unknown."""
+    return cpuinfo("vendor_id")
 
 
 def fingerprint(names: list[str], state_hashes: list[str]) -> str:
