@@ -72,14 +72,27 @@ class BatchMoments(torch.autograd.Function):
     d/da = (2/n) g_var (a - m) + g_mean / n. Autograd's var_mean made the BN prior 2.8x the cost of the teacher's
     own forward + backward (ResNet-34, B=64, bf16, AMX CPU); this is ~5x faster on the largest maps. It keeps
     only `a` (in its own dtype) for the backward, not an fp32 copy.
+
+    A bf16/fp16 `a` (autocast) takes its moments from BatchNorm's own statistics kernel instead: one fused pass
+    in fp32 accumulators, no fp32 copy of `a`, 4.7x faster on a (64, 64, 32, 32) map (0.93 vs 4.36 ms, AMD EPYC
+    Zen 4), the BN prior 0.45 -> ~0.2 s of a paper-setting generator step. Its sums are plain (relative error
+    ~1e-5 against float64, vs ~1e-7 two-pass), 400x below the bf16 rounding of `a` itself; fp32 inputs keep
+    the two-pass sums above.
     """
 
     @staticmethod
     def forward(ctx, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        dims, shape = [0, *range(2, a.dim())], [1, -1] + [1] * (a.dim() - 2)
-        af = a.float()
-        mean = af.mean(dims)
-        var = (af - mean.view(shape)).pow(2).mean(dims)
+        if a.dtype in (torch.bfloat16, torch.float16):
+            # training-mode BN with eps = 0 and fp32 unit affine: fp32 mean and 1/sqrt(biased var); a zero variance
+            # comes back as invstd 0 (CPU) or inf (CUDA), both var 0 here
+            ones = torch.ones(a.shape[1], device=a.device)
+            _, mean, invstd = torch.native_batch_norm(a, ones, torch.zeros_like(ones), None, None, True, 0.0, 0.0)
+            var = torch.where(invstd > 0, invstd.pow(-2), 0.0)
+        else:
+            dims, shape = [0, *range(2, a.dim())], [1, -1] + [1] * (a.dim() - 2)
+            af = a.float()
+            mean = af.mean(dims)
+            var = (af - mean.view(shape)).pow(2).mean(dims)
         ctx.save_for_backward(a, mean)
         return var, mean
 

@@ -98,3 +98,27 @@ def test_batch_moments_equal_var_mean_values_and_gradient(shape, fmt):
     v, m = L.BatchMoments.apply(xb)
     (gb,) = torch.autograd.grad(v.sum() + m.sum(), xb)
     assert gb.dtype == torch.bfloat16 and v.dtype == torch.float32
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_batch_moments_reduced_precision_path(dtype, fmt):
+    """bf16/fp16 inputs take BN's statistics kernel: fp32 moments of the rounded input within 1e-4 of float64,
+    a zero-variance channel gives 0 (not inf or nan), and the gradient is the formula's on that input."""
+    torch.manual_seed(0)
+    a = (torch.randn(8, 3, 6, 5) * 3 + 1)
+    a[:, 2] = 0.75  # constant channel: var exactly 0
+    a = a.to(dtype).contiguous(memory_format=fmt).requires_grad_(True)
+    var, mean = L.BatchMoments.apply(a)
+    ref_var, ref_mean = torch.var_mean(a.detach().double(), dim=[0, 2, 3], unbiased=False)
+    assert var.dtype == mean.dtype == torch.float32
+    assert torch.allclose(mean.double(), ref_mean, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(var.double(), ref_var, rtol=1e-4, atol=1e-6)
+    assert var[2].item() == 0.0 and mean[2].item() == 0.75
+    g_v, g_m = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([0.3, 0.0, 4.0])
+    (g,) = torch.autograd.grad((g_v * var).sum() + (g_m * mean).sum(), a)
+    # d/da = (2/n) g_var (a - m) + g_mean / n, n = 8 * 6 * 5, worked out in float64 on the rounded input
+    n, ad = 240, a.detach().double()
+    g_ref = (2 / n) * g_v.double().view(1, -1, 1, 1) * (ad - ref_mean.view(1, -1, 1, 1)) + g_m.double().view(1, -1, 1, 1) / n
+    assert g.dtype == dtype
+    assert torch.allclose(g.double(), g_ref, rtol=1e-2, atol=1e-4)
