@@ -225,7 +225,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # stage the mean over B x HW, summed over stages (and averaged over the K teachers).
     # Measured against `mad_dfad` (bench/README.md "Results: MNIST", 3 seeds, 600 s each, val_acc on 1000
     # training-split samples): val_acc 0.598 +- 0.042 and probe agreement 0.40 +- 0.04, flat after ~150 of its 451 iterations,
-    # against mad_dfad's 0.985 / 0.79. This preset stays MAD as specified; mad_dfad is the one that works here.
+    # against mad_dfad's 0.985 / 0.79 (AMX Xeon; on an AMD EPYC 0.567 vs mad_dfad's 0.976 / 0.77). This preset
+    # stays MAD as specified; mad_dfad is the one that works here.
     # On the CIFAR-10 bench (3 x WRN-16-2, 1800 s, 234 iterations) it ends at chance (val_acc 0.102): the
     # generator stops finding disagreement by iteration ~160 (bench/README.md "`mad` and `ddad`").
     "mad": {"loss": {"student_loss": "kl", "adv_loss": "kl", "kl_reduction": "mean", "w_ens": 0.0, "w_feat": 0.0,
